@@ -1,0 +1,116 @@
+/* Minimal test harness: each tests/test_*.c is one program; each test prints one line
+ * "PASS|FAIL|SKIP <file>:<test> [detail]" and tests/run.sh adds them up.
+ *
+ *   static void t_parse(void) { CHECK(x == 3, "x = %d", x); }
+ *   int main(void) { RUN(t_parse); return t_done(); }
+ */
+#ifndef RB_TEST_HARNESS_H
+#define RB_TEST_HARNESS_H
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int t_failed_total, t_cur_failed, t_cur_skipped;
+static char t_skip_reason[256];
+
+#define CHECK(cond, ...)                                                    \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            t_cur_failed++;                                                 \
+            fprintf(stderr, "  %s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                   \
+            fprintf(stderr, "\n");                                          \
+        }                                                                   \
+    } while (0)
+
+/* CHECK that stops the test (for preconditions whose failure would crash what follows). */
+#define REQUIRE(cond, ...)            \
+    do {                              \
+        int t_before_ = t_cur_failed; \
+        CHECK(cond, __VA_ARGS__);     \
+        if (t_cur_failed != t_before_) \
+            return;                   \
+    } while (0)
+
+static inline void t_skip(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t_skip_reason, sizeof t_skip_reason, fmt, ap);
+    va_end(ap);
+    t_cur_skipped = 1;
+}
+
+#define RUN(fn) t_run(#fn, fn)
+static inline void t_run(const char *name, void (*fn)(void)) {
+    t_cur_failed = 0;
+    t_cur_skipped = 0;
+    fn();
+    const char *file = strrchr(__FILE__, '/');
+    (void)file;
+    if (t_cur_failed) {
+        printf("FAIL %s\n", name);
+        t_failed_total++;
+    } else if (t_cur_skipped) {
+        printf("SKIP %s (%s)\n", name, t_skip_reason);
+    } else {
+        printf("PASS %s\n", name);
+    }
+    fflush(stdout);
+}
+
+static inline int t_done(void) { return t_failed_total ? 1 : 0; }
+
+/* The golden folder (RELBOOTH_GOLDEN, default ../shared/golden) or NULL when absent. */
+static inline const char *t_golden(void) {
+    const char *g = getenv("RELBOOTH_GOLDEN");
+    if (!g || !*g)
+        g = "../shared/golden";
+    struct stat st;
+    return stat(g, &st) == 0 && S_ISDIR(st.st_mode) ? g : NULL;
+}
+
+/* "<golden>/<rel>" in a static buffer, or NULL (and the test marked skipped) when absent. */
+static inline const char *t_golden_path(const char *rel) {
+    static char buf[4096];
+    const char *g = t_golden();
+    if (!g) {
+        t_skip("golden folder not found (set RELBOOTH_GOLDEN)");
+        return NULL;
+    }
+    snprintf(buf, sizeof buf, "%s/%s", g, rel);
+    return buf;
+}
+
+/* max |a - b| over n floats, and whether it is within atol + rtol * |b| everywhere. */
+static inline int t_allclose(const float *a, const float *b, size_t n, float atol, float rtol, double *maxdiff) {
+    double m = 0;
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= atol + rtol * fabs((double)b[i])))
+            ok = 0;
+        if (d > m || d != d)
+            m = d;
+    }
+    if (maxdiff)
+        *maxdiff = m;
+    return ok;
+}
+
+/* A temporary directory for the test's outputs (removed by the runner's build dir clean). */
+static inline const char *t_tmpdir(void) {
+    static char dir[256];
+    if (!dir[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(dir, sizeof dir, "%s/relbooth-test-XXXXXX", base ? base : "/tmp");
+        if (!mkdtemp(dir))
+            snprintf(dir, sizeof dir, "/tmp");
+    }
+    return dir;
+}
+
+#endif

@@ -1,0 +1,14 @@
+/* The relbooth command line: one function per command, each parsing its own flags and returning
+ * the process exit status (0 success, 1 usage, 2 bad input or failure, with a one-line error). */
+#ifndef RB_TOOLS_CLI_H
+#define RB_TOOLS_CLI_H
+
+enum { RB_EXIT_OK = 0, RB_EXIT_USAGE = 1, RB_EXIT_FAIL = 2 };
+
+int cmd_info(int argc, char **argv);  /* tools/cmd_info.c */
+int cmd_bench(int argc, char **argv); /* bench/bench.c */
+
+/* Prints "relbooth <cmd>: <last error>" to stderr and returns RB_EXIT_FAIL. */
+int cli_fail(const char *cmd);
+
+#endif
