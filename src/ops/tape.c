@@ -102,6 +102,18 @@ rb_status rb_backward(rb_ctx *c, rb_tensor *loss) {
     return run_backward(c, 0, c->tape->n);
 }
 
+rb_status rb_backward_with(rb_ctx *c, rb_tensor *out, const rb_tensor *dout) {
+    if (!c->tape)
+        return rb_error(RB_ERR_INVALID, "backward: no tape");
+    if (!out || !dout || !rb_same_shape(out, dout))
+        return rb_error(RB_ERR_INVALID, "backward: gradient shape differs from the output's");
+    rb_tensor *g = rb_grad_of(c, out);
+    if (!g)
+        return c->status;
+    RB_TRY(rb_tensor_copy(g, dout));
+    return run_backward(c, 0, c->tape->n);
+}
+
 /* ---- recomputation ---- */
 
 typedef struct {

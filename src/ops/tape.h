@@ -54,6 +54,9 @@ rb_tensor *rb_grad_of(rb_ctx *c, rb_tensor *t);
 /* Sets d(loss) = 1 (loss must have one element) and runs every entry's backward in reverse. */
 rb_status rb_backward(rb_ctx *c, rb_tensor *loss);
 
+/* Same, seeding d(out) with `dout` (same shape as out, f32): the vector-Jacobian product. */
+rb_status rb_backward_with(rb_ctx *c, rb_tensor *out, const rb_tensor *dout);
+
 /* Recomputation: runs fn(c, user, in, n_in) now without recording its inside, and records a single
  * entry; in backward the block is run again with recording on and its own backward is replayed, so
  * only the block's inputs and output are kept between forward and backward. */
