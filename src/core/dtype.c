@@ -88,20 +88,60 @@ float rb_f8e5m2_to_f32(uint8_t v) { /* e5m2 is the top byte of an f16 */
     return rb_f16_to_f32((uint16_t)(v << 8));
 }
 
+/* Bulk conversions: AVX-512 (F16C for f16, integer shifts for bf16) over 16 lanes, scalar tails.
+ * Compiled for the build's -march; the scalar code defines the semantics. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 void rb_f16_to_f32_n(float *dst, const uint16_t *src, size_t n) {
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+#endif
+    for (; i < n; i++)
         dst[i] = rb_f16_to_f32(src[i]);
 }
+
 void rb_f32_to_f16_n(uint16_t *dst, const float *src, size_t n) {
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; i < n; i++)
         dst[i] = rb_f32_to_f16(src[i]);
 }
+
 void rb_bf16_to_f32_n(float *dst, const uint16_t *src, size_t n) {
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) {
+        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
+        _mm512_storeu_si512((void *)(dst + i), _mm512_slli_epi32(w, 16));
+    }
+#endif
+    for (; i < n; i++)
         dst[i] = rb_bf16_to_f32(src[i]);
 }
+
 void rb_f32_to_bf16_n(uint16_t *dst, const float *src, size_t n) {
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+#if defined(__AVX512F__)
+    /* round to nearest even; NaN lanes are fixed up by the scalar rule */
+    const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    for (; i + 16 <= n; i += 16) {
+        __m512i u = _mm512_loadu_si512((const void *)(src + i));
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, absmask), inf);
+        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    }
+#endif
+    for (; i < n; i++)
         dst[i] = rb_f32_to_bf16(src[i]);
 }
 
