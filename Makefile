@@ -12,7 +12,7 @@ ifneq ($(CI)$(WERROR),)
 WARN    += -Werror
 endif
 BUILD   ?= build
-PKGS    := libpng libjpeg libwebp libzip jansson yaml-0.1
+PKGS    := libpng libjpeg libwebp libzip jansson yaml-0.1 libutf8proc
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(SAN) -Iinclude -Isrc -Itools \
               $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -fopenmp -lm -lpthread
