@@ -432,6 +432,21 @@ static void t_strided_kernel(void) {
     for (size_t k = 0; k < n; k++)
         bad += g[k] != 2 * x[k];
     CHECK(bad == 0, "backward accumulates: %d wrong", bad);
+    /* a full transpose of [B*Cc, D] (no contiguous run on either side), forward and twice backward */
+    int64_t s2[2] = {(int64_t)B * Cc, D}, o2[2] = {1, (int64_t)B * Cc}, x2[2] = {D, 1};
+    strided_copy_forward(o, o2, x, x2, 2, s2, 4);
+    bad = 0;
+    for (int r = 0; r < B * Cc; r++)
+        for (int d = 0; d < D; d++)
+            bad += o[d * B * Cc + r] != x[r * D + d];
+    CHECK(bad == 0, "transpose forward: %d wrong", bad);
+    memset(g, 0, n * sizeof *g);
+    strided_copy_backward(g, x2, o, o2, 2, s2);
+    strided_copy_backward(g, x2, o, o2, 2, s2);
+    bad = 0;
+    for (int k = 0; k < B * Cc * D; k++)
+        bad += g[k] != 2 * x[k];
+    CHECK(bad == 0, "transpose backward accumulates: %d wrong", bad);
     free(x);
     free(o);
     free(g);
