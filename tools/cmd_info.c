@@ -126,9 +126,11 @@ static int info_torch(const char *path, int as_json) {
         if (f.prefix)
             json_object_set_new(o, "record_prefix", json_string(f.prefix));
         json_object_set_new(o, "tensor_bytes", json_integer((json_int_t)total));
-        for (int i = 0; i < f.n_scalars; i++)
-            json_object_set_new_nocheck(sc, json_string_value(jstr(f.scalars[i].name)) ? f.scalars[i].name : "?",
-                                        scalar_json(&f.scalars[i]));
+        for (int i = 0; i < f.n_scalars; i++) {
+            json_t *key = jstr(f.scalars[i].name); /* a UTF-8-safe copy of the path */
+            json_object_set_new(sc, key ? json_string_value(key) : "?", scalar_json(&f.scalars[i]));
+            json_decref(key);
+        }
         json_object_set_new(o, "scalars", sc);
         for (int i = 0; i < f.n; i++) {
             const rb_torch_entry *te = &f.entries[i];
