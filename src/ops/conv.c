@@ -82,12 +82,14 @@ static rb_status conv_build(const void *desc, dnnl_engine_t eng, dnnl_primitive_
         st = fwd_desc(&cd, s, dnnl_forward_training, dnnl_f32, k->bias);
         if (st == RB_OK)
             st = rb_dnnl_check(dnnl_primitive_desc_create(&hint, &cd, attr, eng, NULL), "convolution (hint)");
-        dnnl_memory_desc_t src, wei, dst, b;
+        dnnl_memory_desc_t src, wei, dst, b = bias_u;
+        if (st == RB_OK)
+            st = md_tag(&src, s->N, s->C, s->H, s->W, dnnl_f32, dnnl_format_tag_any);
+        if (st == RB_OK)
+            st = md_tag(&wei, s->O, s->C, s->kh, s->kw, dnnl_f32, dnnl_format_tag_any);
+        if (st == RB_OK)
+            st = md_tag(&dst, s->N, s->O, s->Ho, s->Wo, dnnl_f32, dnnl_format_tag_any);
         if (st == RB_OK) {
-            RB_TRY(md_tag(&src, s->N, s->C, s->H, s->W, dnnl_f32, dnnl_format_tag_any));
-            RB_TRY(md_tag(&wei, s->O, s->C, s->kh, s->kw, dnnl_f32, dnnl_format_tag_any));
-            RB_TRY(md_tag(&dst, s->N, s->O, s->Ho, s->Wo, dnnl_f32, dnnl_format_tag_any));
-            b = bias_u;
             dnnl_dims_t sd = {s->sh, s->sw}, pl = {s->ph, s->pw}, pr = {s->ph, s->pw};
             if (k->prop == CONV_BWD_DATA)
                 st = rb_dnnl_check(dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &src, &wei,
