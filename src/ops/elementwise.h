@@ -15,7 +15,7 @@
  * from the copy. NULL (and c->status set) on error. */
 rb_tensor *rb_f32_contig(rb_ctx *c, rb_tensor *x, const char *op, const char *arg);
 
-/* Sum of n floats accumulated in double over float blocks (serial; for use inside kernels). */
+/* Sum of n floats accumulated in double (serial, vectorised; for use inside kernels). */
 double rb_dsum_f32(const float *x, int64_t n);
 /* sum of x[i] * y[i] in the same manner */
 double rb_ddot_f32(const float *x, const float *y, int64_t n);

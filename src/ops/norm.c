@@ -14,33 +14,37 @@
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* sum (x - mu)^2 and sum dy (x - mu), float blocks into double (see rb_dsum_f32) */
+/* sum (x - mu)^2 and sum dy (x - mu): the difference in float (exact when x is near mu), the
+ * sum in double lanes */
 static double dsum_sq_centered(const float *x, float mu, int64_t n) {
     double s = 0;
-    for (int64_t i = 0; i < n; i += 256) {
-        int64_t m = min64(256, n - i);
-        const float *p = x + i;
-        float f = 0;
-#pragma omp simd reduction(+ : f)
-        for (int64_t j = 0; j < m; j++)
-            f += (p[j] - mu) * (p[j] - mu);
-        s += f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < n; j++) {
+        float d = x[j] - mu;
+        s += d * d;
     }
     return s;
 }
 
 static double ddot_centered(const float *dy, const float *x, float mu, int64_t n) {
     double s = 0;
-    for (int64_t i = 0; i < n; i += 256) {
-        int64_t m = min64(256, n - i);
-        const float *p = x + i, *g = dy + i;
-        float f = 0;
-#pragma omp simd reduction(+ : f)
-        for (int64_t j = 0; j < m; j++)
-            f += g[j] * (p[j] - mu);
-        s += f;
-    }
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < n; j++)
+        s += (double)dy[j] * (x[j] - mu);
     return s;
+}
+
+/* Mean and rstd of n values. The mean is split into its float value mu and the rest dmu = mean - mu,
+ * so that (x - mu) - dmu is accurate to f32 relative to the spread even when |mean| >> std. */
+static void moments(const float *x, int64_t n, float eps, float *mu, float *dmu, float *rstd) {
+    double mean = n ? rb_dsum_f32(x, n) / (double)n : 0.0;
+    float m = (float)mean;
+    double d = mean - m;
+    /* E[(x - m)^2] = var + d^2 */
+    double var = n ? dsum_sq_centered(x, m, n) / (double)n - d * d : 0.0;
+    *mu = m;
+    *dmu = (float)d;
+    *rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + (double)eps));
 }
 
 /* ---- group norm ---- */
@@ -53,20 +57,18 @@ void rb_group_norm_forward(float *out, float *mean, float *rstd, const float *in
         const int64_t c0 = (ng % G) * cpg;
         const float *x = inp + ng * m; /* [n, g*cpg .. (g+1)*cpg, S] is one contiguous block */
         float *y = out + ng * m;
-        double mu = m ? rb_dsum_f32(x, m) / (double)m : 0.0;
-        double var = m ? dsum_sq_centered(x, (float)mu, m) / (double)m : 0.0;
-        float rs = (float)(1.0 / sqrt(var + (double)eps));
-        mean[ng] = (float)mu;
+        float mu, dmu, rs;
+        moments(x, m, eps, &mu, &dmu, &rs);
+        mean[ng] = mu;
         rstd[ng] = rs;
-        /* y = x * a + b per channel, a = rstd w, b = bias - mean a (as torch's CPU kernel) */
+        /* y = ((x - mu) - dmu) a + b per channel, a = rstd w */
         for (int64_t k = 0; k < cpg; k++) {
-            float a = rs * (weight ? weight[c0 + k] : 1.0f);
-            float b = (bias ? bias[c0 + k] : 0.0f) - (float)mu * a;
+            const float a = rs * (weight ? weight[c0 + k] : 1.0f), b = bias ? bias[c0 + k] : 0.0f;
             const float *xc = x + k * S;
             float *yc = y + k * S;
 #pragma omp simd
             for (int64_t s = 0; s < S; s++)
-                yc[s] = xc[s] * a + b;
+                yc[s] = ((xc[s] - mu) - dmu) * a + b;
         }
     }
 }
@@ -134,18 +136,17 @@ void rb_layer_norm_forward(float *out, float *mean, float *rstd, const float *in
     for (int64_t r = 0; r < rows; r++) {
         const float *x = inp + r * C;
         float *y = out + r * C;
-        double mu = C ? rb_dsum_f32(x, C) / (double)C : 0.0;
-        double var = C ? dsum_sq_centered(x, (float)mu, C) / (double)C : 0.0;
-        const float m = (float)mu, rs = (float)(1.0 / sqrt(var + (double)eps));
+        float m, dm, rs;
+        moments(x, C, eps, &m, &dm, &rs);
         mean[r] = m;
         rstd[r] = rs;
         if (weight && bias) {
 #pragma omp simd
             for (int64_t j = 0; j < C; j++)
-                y[j] = (x[j] - m) * rs * weight[j] + bias[j];
+                y[j] = ((x[j] - m) - dm) * rs * weight[j] + bias[j];
         } else {
             for (int64_t j = 0; j < C; j++)
-                y[j] = (x[j] - m) * rs * (weight ? weight[j] : 1.0f) + (bias ? bias[j] : 0.0f);
+                y[j] = ((x[j] - m) - dm) * rs * (weight ? weight[j] : 1.0f) + (bias ? bias[j] : 0.0f);
         }
     }
 }
