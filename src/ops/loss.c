@@ -19,10 +19,10 @@ void rb_l2_normalize_forward(float *out, float *norm, const float *inp, int64_t 
         float *y = out + r * C;
         double n = sqrt(rb_ddot_f32(x, x, C));
         norm[r] = (float)n;
-        const float inv = (float)(1.0 / (n > eps ? n : (double)eps));
+        const float den = (float)(n > eps ? n : (double)eps); /* divided, as torch does */
 #pragma omp simd
         for (int64_t j = 0; j < C; j++)
-            y[j] = x[j] * inv;
+            y[j] = x[j] / den;
     }
 }
 
