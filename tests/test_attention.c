@@ -99,7 +99,7 @@ static rb_tensor *rand_tensor(rb_arena *a, int ndim, const int64_t *shape, unsig
 }
 
 /* mask kinds: 0 none, 1 full [B,H,Lq,Lk], 2 [1,1,Lq,Lk], 3 [B,1,1,Lk]; -inf entries in all, and
- * kind 2 hides the whole first key block from even query rows (a block of only -inf). */
+ * kind 2 hides keys 0..129 from even query rows (whole key blocks of only -inf). */
 static rb_tensor *make_mask(rb_arena *a, const dims *s, int kind) {
     if (!kind)
         return NULL;
@@ -109,7 +109,7 @@ static rb_tensor *make_mask(rb_arena *a, const dims *s, int kind) {
     for (int64_t r = 0; r < shape[0] * shape[1] * shape[2]; r++)
         for (int j = 0; j < s->Lk - 1; j++) { /* the last key always stays finite */
             int i = (int)(r % shape[2]);
-            if ((kind == 1 && (j + r) % 7 == 3) || (kind == 2 && i % 2 == 0 && j < 64) || (kind == 3 && j % 5 == 1))
+            if ((kind == 1 && (j + r) % 7 == 3) || (kind == 2 && i % 2 == 0 && j < 130) || (kind == 3 && j % 5 == 1))
                 d[r * s->Lk + j] = -INFINITY;
             else
                 d[r * s->Lk + j] *= 2.0f;

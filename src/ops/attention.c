@@ -21,7 +21,7 @@
 #include "ops.h"
 
 #define QT 64 /* query rows per tile: 4 AVX-512 vectors, the column width of every score tile */
-#define KB 64 /* keys per block */
+#define KB 128 /* keys per block */
 
 static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
@@ -43,8 +43,12 @@ static inline __attribute__((always_inline)) void micro(const int mr, const int 
         const float *b = B + k * ldb, *a = A + k * aks;
         __m512 bv[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
+        for (int v = 0; v < nv; v++) {
             bv[v] = v == nv - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
+            /* keep B in a register: folded into each FMA it would be loaded mr times, and Zen 4's
+             * one 512-bit load per cycle would then bound the kernel below its FMA rate */
+            __asm__("" : "+v"(bv[v]));
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < mr; r++) {
             __m512 ar = _mm512_set1_ps(a[r * ars]);
