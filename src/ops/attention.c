@@ -259,15 +259,31 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
     }
 }
 
-/* ---- backward (FlashAttention-2, recompute P per tile; one thread owns a whole (b, h)) ---- */
+/* ---- backward (FlashAttention-2, recompute P per tile) ----
+ * A work unit is (b, h, chunk of key blocks): it owns the dK/dV rows of its keys and adds to them
+ * directly. With one chunk per head it also owns the head's dQ; when there are fewer heads than
+ * threads, the keys are split into chunks whose dQ contributions go to private buffers that are
+ * summed in a fixed order afterwards (deterministic, no atomics). */
 
 size_t attention_backward_scratch(const rb_attn_shape *s) {
     return round16((size_t)s->D * QT) + round16((size_t)s->Dv * QT) + 2 * (size_t)KB * QT + 2 * QT;
 }
 
+static int key_chunks(const rb_attn_shape *s, int nthreads) {
+    int64_t bh = (int64_t)s->B * s->H, blocks = (s->Lk + KB - 1) / KB;
+    int64_t n = bh >= nthreads ? 1 : (nthreads + bh - 1) / bh;
+    return (int)(n < blocks ? n : blocks);
+}
+
+size_t attention_backward_dq_part(const rb_attn_shape *s, int nthreads) {
+    int n = key_chunks(s, nthreads);
+    return n > 1 ? (size_t)n * s->B * s->H * s->Lq * s->D : 0;
+}
+
 static void backward_head(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                           const float *v, const float *mask, const float *lse, const float *delta,
-                          const rb_attn_shape *s, int b, int h, float *ws) {
+                          const rb_attn_shape *s, int b, int h, int jb, int je, float *dqh, int64_t lddq,
+                          float *ws) {
     const int D = s->D, Dv = s->Dv;
     const int64_t ldq = (int64_t)s->H * D, ldv = (int64_t)s->H * Dv, row = (int64_t)b * s->H + h;
     float *Qt = ws, *dOt = Qt + round16((size_t)D * QT), *P = dOt + round16((size_t)Dv * QT), *dS = P + KB * QT;
@@ -286,8 +302,8 @@ static void backward_head(float *dq, float *dk, float *dv, const float *dout, co
             lt[i] = i < mq ? lse[row * s->Lq + i0 + i] : 0.0f;
             dt[i] = i < mq ? delta[row * s->Lq + i0 + i] : 0.0f;
         }
-        for (int j0 = 0; j0 < s->Lk; j0 += KB) {
-            const int nk = s->Lk - j0 < KB ? s->Lk - j0 : KB;
+        for (int j0 = jb; j0 < je; j0 += KB) {
+            const int nk = je - j0 < KB ? je - j0 : KB;
             gemm_tile(P, QT, kb + j0 * s->k_sl, s->k_sl, 1, Qt, QT, nk, QT, D, 1.0f, 1); /* St */
             if (mb)
                 add_mask(P, nk, mq, mb + j0 * s->m_sk, s->m_sq, s->m_sk);
@@ -300,8 +316,8 @@ static void backward_head(float *dq, float *dk, float *dv, const float *dout, co
                     dS[j * QT + i] = P[j * QT + i] * (dS[j * QT + i] - dt[i]);
             if (dkb) /* dK += scale dS^T Q */
                 gemm_tile(dkb + j0 * ldq, ldq, dS, QT, 1, qrows, s->q_sl, nk, D, mq, s->scale, 0);
-            if (dq) /* dQ += scale dS K */
-                gemm_tile(dq + ((int64_t)b * s->Lq + i0) * ldq + h * D, ldq, dS, 1, QT, kb + j0 * s->k_sl,
+            if (dqh) /* dQ += scale dS K */
+                gemm_tile(dqh + i0 * lddq, lddq, dS, 1, QT, kb + j0 * s->k_sl,
                           s->k_sl, mq, D, nk, s->scale, 0);
         }
     }
@@ -309,8 +325,12 @@ static void backward_head(float *dq, float *dk, float *dv, const float *dout, co
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
                         const float *k, const float *v, const float *mask, const float *lse,
-                        const rb_attn_shape *s, float *delta, float *scratch, int nthreads) {
-    const int64_t rows = (int64_t)s->B * s->Lq, ldv = (int64_t)s->H * s->Dv;
+                        const rb_attn_shape *s, float *delta, float *dq_part, float *scratch, int nthreads) {
+    const int64_t rows = (int64_t)s->B * s->Lq, ldv = (int64_t)s->H * s->Dv, ldq = (int64_t)s->H * s->D;
+    const int nch = key_chunks(s, nthreads), blocks = (s->Lk + KB - 1) / KB;
+    const size_t part = (size_t)s->Lq * s->D;
+    if (nch > 1 && dq)
+        memset(dq_part, 0, part * nch * s->B * s->H * sizeof *dq_part);
     const size_t per = attention_backward_scratch(s);
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t r = 0; r < rows; r++) {
@@ -324,9 +344,26 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
         }
     }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (int bh = 0; bh < s->B * s->H; bh++)
-        backward_head(dq, dk, dv, dout, q, k, v, mask, lse, delta, s, bh / s->H, bh % s->H,
-                      scratch + per * (size_t)omp_get_thread_num());
+    for (int u = 0; u < s->B * s->H * nch; u++) {
+        int b = u / nch / s->H, h = u / nch % s->H, ch = u % nch;
+        int jb = (int)((int64_t)ch * blocks / nch) * KB, je = (int)((int64_t)(ch + 1) * blocks / nch) * KB;
+        float *dqh = !dq ? NULL : nch > 1 ? dq_part + part * (size_t)u : dq + (int64_t)b * s->Lq * ldq + h * s->D;
+        backward_head(dq, dk, dv, dout, q, k, v, mask, lse, delta, s, b, h, jb, je < s->Lk ? je : s->Lk, dqh,
+                      nch > 1 ? s->D : ldq, scratch + per * (size_t)omp_get_thread_num());
+    }
+    if (nch > 1 && dq) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t b = r / s->Lq, i = r % s->Lq;
+            for (int h = 0; h < s->H; h++)
+                for (int ch = 0; ch < nch; ch++) {
+                    const float *src = dq_part + part * (size_t)((b * s->H + h) * nch + ch) + i * s->D;
+                    float *dst = dq + r * ldq + h * s->D;
+                    for (int d = 0; d < s->D; d++)
+                        dst[d] += src[d];
+                }
+        }
+    }
 }
 
 /* ---- tensor level ---- */
@@ -421,11 +458,13 @@ static rb_status attention_bw(rb_ctx *c, rb_tape_entry *e) {
     size_t mark = rb_arena_mark(c->arena);
     int nt = omp_get_max_threads();
     float *delta = scratch_alloc(c, (size_t)s.B * s.H * s.Lq, 1);
-    float *ws = delta ? scratch_alloc(c, attention_backward_scratch(&s), nt) : NULL;
+    size_t np = gq ? attention_backward_dq_part(&s, nt) : 0;
+    float *dq_part = delta && np ? scratch_alloc(c, np, 1) : NULL;
+    float *ws = delta && (dq_part || !np) ? scratch_alloc(c, attention_backward_scratch(&s), nt) : NULL;
     if (ws)
         attention_backward(gq ? gq->data : NULL, gk ? gk->data : NULL, gv ? gv->data : NULL, out->grad->data,
                            out->data, q->data, k->data, v->data, mask ? mask->data : NULL, lse->data, &s, delta,
-                           ws, nt);
+                           dq_part, ws, nt);
     rb_arena_reset(c->arena, mark);
     return c->status;
 }

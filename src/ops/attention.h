@@ -30,13 +30,18 @@ size_t attention_backward_scratch(const rb_attn_shape *s);
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const float *mask,
                        const rb_attn_shape *s, float *scratch, int nthreads);
 
+/* Floats of private dQ buffers the backward needs when B*H < nthreads (keys are then split into
+ * chunks, each with its own dQ, summed at the end): 0 otherwise. Independent of Lk. */
+size_t attention_backward_dq_part(const rb_attn_shape *s, int nthreads);
+
 /* dq [B, Lq, H*D], dk [B, Lk, H*D], dv [B, Lk, H*Dv], all contiguous, ACCUMULATED (+=); any may be
  * NULL to skip it. dout, out [B, Lq, H*Dv] contiguous; lse from attention_forward. delta: B*H*Lq
- * floats of scratch (rowsum(dout * out)); scratch: nthreads * attention_backward_scratch floats.
- * There is no gradient for the mask. Parallel over (b, h). */
+ * floats of scratch (rowsum(dout * out)); dq_part: attention_backward_dq_part floats (NULL when 0
+ * or dq is NULL); scratch: nthreads * attention_backward_scratch floats. There is no gradient for
+ * the mask. Parallel over (b, h, chunk of keys). */
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q,
                         const float *k, const float *v, const float *mask, const float *lse,
-                        const rb_attn_shape *s, float *delta, float *scratch, int nthreads);
+                        const rb_attn_shape *s, float *delta, float *dq_part, float *scratch, int nthreads);
 
 /* Forward GFLOP/s (4*B*H*L*L*D FLOPs per call, Lq = Lk = L, Dv = D, no mask, f32) over `reps` timed
  * calls after one warm-up, with the current OpenMP thread count. Returns a negative value on error
