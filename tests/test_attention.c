@@ -265,6 +265,7 @@ static void t_grad_vs_double(void) {
     grad_case(&(dims){1, 3, 17, 100, 12, 20, 1.0 / sqrt(12)}, 0, only_q);
     /* one head, three key blocks: with 2+ threads the keys are split into chunks with private dQ */
     grad_case(&(dims){1, 1, 70, 300, 16, 16, 1.0 / 4}, 1, all);
+    grad_case(&(dims){1, 2, 40, 600, 8, 8, 1.0 / sqrt(8)}, 3, all); /* keys beyond one L2 super-block */
 }
 
 /* ---- errors ---- */

@@ -22,6 +22,7 @@
 
 #define QT 64 /* query rows per tile: 4 AVX-512 vectors, the column width of every score tile */
 #define KB 128 /* keys per block */
+#define SB 512 /* backward: keys whose K, V, dK, dV (4 x SB x 64 floats) stay in L2 across query tiles */
 
 static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
@@ -291,34 +292,37 @@ static void backward_head(float *dq, float *dk, float *dv, const float *dout, co
     const float *kb = k + b * s->k_sb + h * D, *vb = v + b * s->v_sb + h * Dv;
     float *dkb = dk ? dk + (int64_t)b * s->Lk * ldq + h * D : NULL;
     float *dvb = dv ? dv + (int64_t)b * s->Lk * ldv + h * Dv : NULL;
-    for (int i0 = 0; i0 < s->Lq; i0 += QT) {
-        const int mq = s->Lq - i0 < QT ? s->Lq - i0 : QT;
-        const float *qrows = q + b * s->q_sb + i0 * s->q_sl + h * D;
-        const float *dorows = dout + ((int64_t)b * s->Lq + i0) * ldv + h * Dv;
-        const float *mb = mask ? mask + b * s->m_sb + h * s->m_sh + i0 * s->m_sq : NULL;
-        pack_t(Qt, qrows, s->q_sl, mq, D, s->scale);
-        pack_t(dOt, dorows, ldv, mq, Dv, 1.0f);
-        for (int i = 0; i < QT; i++) {
-            lt[i] = i < mq ? lse[row * s->Lq + i0 + i] : 0.0f;
-            dt[i] = i < mq ? delta[row * s->Lq + i0 + i] : 0.0f;
-        }
-        for (int j0 = jb; j0 < je; j0 += KB) {
-            const int nk = je - j0 < KB ? je - j0 : KB;
-            gemm_tile(P, QT, kb + j0 * s->k_sl, s->k_sl, 1, Qt, QT, nk, QT, D, 1.0f, 1); /* St */
-            if (mb)
-                add_mask(P, nk, mq, mb + j0 * s->m_sk, s->m_sq, s->m_sk);
-            probs_from_lse(P, nk, lt); /* Pt [nk, QT] */
-            if (dvb) /* dV += P^T dO */
-                gemm_tile(dvb + j0 * ldv, ldv, P, QT, 1, dorows, ldv, nk, Dv, mq, 1.0f, 0);
-            gemm_tile(dS, QT, vb + j0 * s->v_sl, s->v_sl, 1, dOt, QT, nk, QT, Dv, 1.0f, 1); /* dPt = V dO^T */
-            for (int j = 0; j < nk; j++) /* dS = P * (dP - rowsum(dO * O)) */
-                for (int i = 0; i < QT; i++)
-                    dS[j * QT + i] = P[j * QT + i] * (dS[j * QT + i] - dt[i]);
-            if (dkb) /* dK += scale dS^T Q */
-                gemm_tile(dkb + j0 * ldq, ldq, dS, QT, 1, qrows, s->q_sl, nk, D, mq, s->scale, 0);
-            if (dqh) /* dQ += scale dS K */
-                gemm_tile(dqh + i0 * lddq, lddq, dS, 1, QT, kb + j0 * s->k_sl,
-                          s->k_sl, mq, D, nk, s->scale, 0);
+    for (int sb = jb; sb < je; sb += SB) {
+        const int se = je - sb < SB ? je : sb + SB;
+        for (int i0 = 0; i0 < s->Lq; i0 += QT) {
+            const int mq = s->Lq - i0 < QT ? s->Lq - i0 : QT;
+            const float *qrows = q + b * s->q_sb + i0 * s->q_sl + h * D;
+            const float *dorows = dout + ((int64_t)b * s->Lq + i0) * ldv + h * Dv;
+            const float *mb = mask ? mask + b * s->m_sb + h * s->m_sh + i0 * s->m_sq : NULL;
+            pack_t(Qt, qrows, s->q_sl, mq, D, s->scale);
+            pack_t(dOt, dorows, ldv, mq, Dv, 1.0f);
+            for (int i = 0; i < QT; i++) {
+                lt[i] = i < mq ? lse[row * s->Lq + i0 + i] : 0.0f;
+                dt[i] = i < mq ? delta[row * s->Lq + i0 + i] : 0.0f;
+            }
+            for (int j0 = sb; j0 < se; j0 += KB) {
+                const int nk = se - j0 < KB ? se - j0 : KB;
+                gemm_tile(P, QT, kb + j0 * s->k_sl, s->k_sl, 1, Qt, QT, nk, QT, D, 1.0f, 1); /* St */
+                if (mb)
+                    add_mask(P, nk, mq, mb + j0 * s->m_sk, s->m_sq, s->m_sk);
+                probs_from_lse(P, nk, lt); /* Pt [nk, QT] */
+                if (dvb) /* dV += P^T dO */
+                    gemm_tile(dvb + j0 * ldv, ldv, P, QT, 1, dorows, ldv, nk, Dv, mq, 1.0f, 0);
+                gemm_tile(dS, QT, vb + j0 * s->v_sl, s->v_sl, 1, dOt, QT, nk, QT, Dv, 1.0f, 1); /* dPt = V dO^T */
+                for (int j = 0; j < nk; j++) /* dS = P * (dP - rowsum(dO * O)) */
+                    for (int i = 0; i < QT; i++)
+                        dS[j * QT + i] = P[j * QT + i] * (dS[j * QT + i] - dt[i]);
+                if (dkb) /* dK += scale dS^T Q */
+                    gemm_tile(dkb + j0 * ldq, ldq, dS, QT, 1, qrows, s->q_sl, nk, D, mq, s->scale, 0);
+                if (dqh) /* dQ += scale dS K */
+                    gemm_tile(dqh + i0 * lddq, lddq, dS, 1, QT, kb + j0 * s->k_sl,
+                              s->k_sl, mq, D, nk, s->scale, 0);
+            }
         }
     }
 }
