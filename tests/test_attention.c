@@ -26,9 +26,10 @@ static double mask_at(const rb_tensor *m, int b, int h, int i, int j) {
     return ((const float *)m->data)[off];
 }
 
-/* out [B, Lq, H*Dv] (double); with dout given also dq/dk/dv (same layouts as q/k/v, contiguous). */
+/* out [B, Lq, H*Dv] (double); with dout given also dq/dk/dv (same layouts as q/k/v, contiguous);
+ * with absout given also sum_j P_ij |v_j| (out's layout), the scale of P's rounding error. */
 static void reference(const dims *s, const rb_tensor *q, const rb_tensor *k, const rb_tensor *v, const rb_tensor *m,
-                      double *out, const float *dout, double *dq, double *dk, double *dv) {
+                      double *out, double *absout, const float *dout, double *dq, double *dk, double *dv) {
     double *p = malloc(sizeof(double) * (size_t)s->Lk), *dp = malloc(sizeof(double) * (size_t)s->Lk);
     int64_t ldq = (int64_t)s->H * s->D, ldv = (int64_t)s->H * s->Dv;
     for (int b = 0; b < s->B; b++)
@@ -48,10 +49,14 @@ static void reference(const dims *s, const rb_tensor *q, const rb_tensor *k, con
                     p[j] /= sum;
                 double *o = out + ((int64_t)b * s->Lq + i) * ldv + h * s->Dv;
                 for (int e = 0; e < s->Dv; e++) {
-                    double acc = 0;
-                    for (int j = 0; j < s->Lk; j++)
+                    double acc = 0, aacc = 0;
+                    for (int j = 0; j < s->Lk; j++) {
                         acc += p[j] * at3(v, b, j, h * s->Dv + e);
+                        aacc += p[j] * fabs(at3(v, b, j, h * s->Dv + e));
+                    }
                     o[e] = acc;
+                    if (absout)
+                        absout[o - out + e] = aacc;
                 }
                 if (!dout)
                     continue;
@@ -145,7 +150,7 @@ static double forward_case(const dims *s, int mask_kind, int strided, float scal
     if (out) {
         size_t n = (size_t)rb_numel(out);
         double *ref = calloc(n, sizeof *ref);
-        reference(s, q, k, v, m, ref, NULL, NULL, NULL, NULL);
+        reference(s, q, k, v, m, ref, NULL, NULL, NULL, NULL, NULL);
         err = rel_err(out->data, ref, n);
         free(ref);
     } else {
@@ -176,6 +181,68 @@ static void t_forward_vs_double(void) {
         double err = forward_case(&s, cases[i].mask, cases[i].strided, cases[i].scale);
         CHECK(err < 2e-6, "case %zu (B%d H%d Lq%d Lk%d D%d Dv%d mask %d): rel err %.3g", i, s.B, s.H, s.Lq, s.Lk,
               s.D, s.Dv, cases[i].mask, err);
+    }
+}
+
+/* bf16 tiles (c->matmul_dtype = RB_BF16, inference): q, k, v and P are rounded to bf16, products
+ * accumulate in f32. Against a double reference on the bf16-rounded q, k, v (power-of-two scales, so
+ * pre-scaling q before rounding changes nothing) what remains is P's rounding: each term of
+ * sum_j P_j v_j is off by at most 2^-8 relative, so |out - ref| <= 2^-8 sum_j P_j |v_j| (+ f32
+ * noise). While recording for training the forward stays f32. */
+static void t_bf16_tiles(void) {
+#ifndef __AVX512BF16__
+    t_skip("built without AVX512-BF16: bf16 requests run in f32");
+    return;
+#endif
+    dims cases[] = {{2, 3, 70, 133, 16, 24, 0.25}, {1, 2, 130, 300, 64, 64, 0.125}, {1, 1, 9, 5, 5, 7, 0.5}};
+    for (size_t n = 0; n < sizeof cases / sizeof *cases; n++) {
+        dims *s = &cases[n];
+        rb_arena a, g;
+        REQUIRE(rb_arena_init(&a, 64 << 20, "test") == RB_OK && rb_arena_init(&g, 16 << 20, "g") == RB_OK, "arena");
+        rb_ctx c;
+        rb_ctx_init(&c, &a);
+        c.matmul_dtype = RB_BF16;
+        int64_t C = (int64_t)s->H * s->D, Cv = (int64_t)s->H * s->Dv;
+        rb_tensor *in[3] = {rand_tensor(&a, 3, (int64_t[]){s->B, s->Lq, C}, 31),
+                            rand_tensor(&a, 3, (int64_t[]){s->B, s->Lk, C}, 32),
+                            rand_tensor(&a, 3, (int64_t[]){s->B, s->Lk, Cv}, 33)};
+        rb_tensor *m = make_mask(&a, s, 3);
+        rb_tensor *out = rb_attention(&c, in[0], in[1], in[2], s->H, m, (float)s->scale);
+        REQUIRE(out, "bf16 attention: %s", rb_last_error());
+        size_t no = (size_t)rb_numel(out);
+        double *ref = calloc(no, sizeof *ref), *bound = calloc(no, sizeof *bound), *ref32 = calloc(no, sizeof *ref32);
+        reference(s, in[0], in[1], in[2], m, ref32, NULL, NULL, NULL, NULL, NULL);
+        for (int i = 0; i < 3; i++) { /* round the inputs to bf16 for the reference */
+            float *d = in[i]->data;
+            for (int64_t j = 0; j < rb_numel(in[i]); j++)
+                d[j] = rb_bf16_to_f32(rb_f32_to_bf16(d[j]));
+        }
+        reference(s, in[0], in[1], in[2], m, ref, bound, NULL, NULL, NULL, NULL);
+        double worst = 0, scale = 0;
+        for (size_t j = 0; j < no; j++)
+            scale = fmax(scale, fabs(ref[j]));
+        for (size_t j = 0; j < no; j++) {
+            double r = fabs(((float *)out->data)[j] - ref[j]) / (bound[j] / 256 + 2e-6 * scale);
+            worst = r > worst || r != r ? r : worst;
+        }
+        CHECK(worst <= 1.0, "case %zu: bf16 error exceeds the rounding bound by %.3g x", n, worst);
+        double err32 = rel_err(out->data, ref32, no);
+        CHECK(err32 > 1e-5, "case %zu: bf16 tiles not used? rel err vs f32 reference only %.3g", n, err32);
+        /* recording: f32 forward despite matmul_dtype (the backward recomputes P in f32) */
+        rb_tape tape;
+        rb_tape_init(&tape, 4, &g);
+        c.tape = &tape;
+        in[0]->requires_grad = 1;
+        out = rb_attention(&c, in[0], in[1], in[2], s->H, m, (float)s->scale);
+        REQUIRE(out, "recorded: %s", rb_last_error());
+        double err = rel_err(out->data, ref, no);
+        CHECK(err < 2e-6, "case %zu: recorded forward rel err %.3g", n, err);
+        rb_tape_free(&tape);
+        free(ref);
+        free(bound);
+        free(ref32);
+        rb_arena_free(&a);
+        rb_arena_free(&g);
     }
 }
 
@@ -237,7 +304,7 @@ static void grad_case(const dims *s, int mask_kind, const int need[3]) {
     double *ref[3], *o = calloc((size_t)rb_numel(out), sizeof(double));
     for (int i = 0; i < 3; i++)
         ref[i] = calloc(n[i], sizeof(double));
-    reference(s, in[0], in[1], in[2], m, o, dout->data, ref[0], ref[1], ref[2]);
+    reference(s, in[0], in[1], in[2], m, o, NULL, dout->data, ref[0], ref[1], ref[2]);
     const char *names[3] = {"dq", "dk", "dv"};
     for (int i = 0; i < 3; i++) {
         if (!need[i]) {
@@ -354,6 +421,7 @@ static void t_no_full_score_matrix(void) {
 
 int main(void) {
     RUN(t_forward_vs_double);
+    RUN(t_bf16_tiles);
     RUN(t_gradcheck_small);
     RUN(t_grad_vs_double);
     RUN(t_bad_shapes);

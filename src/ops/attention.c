@@ -204,10 +204,106 @@ static void pack_t(float *Qt, const float *rows, int64_t ld, int mq, int D, floa
             Qt[d * QT + i] = scale * rows[i * ld + d];
 }
 
+/* ---- bf16 tiles (vdpbf16ps: per 32-bit lane, acc += a.lo * b.lo + a.hi * b.hi) ----
+ * Both operands hold pairs along the reduction dim: a broadcast pair (A[r, 2p], A[r, 2p+1]) meets
+ * a vector of pairs (B[2p, n], B[2p+1, n]). Pairs are built from two f32 rows, rounded to nearest
+ * even; the products accumulate in f32. */
+#ifdef __AVX512BF16__
+#define HAVE_BF16 1
+/* dst[n] = bf16(a[n]) | bf16(b[n]) << 16 for n < N; b NULL means zeros. */
+static void pack_pairs(uint32_t *dst, const float *a, const float *b, int N) {
+    for (int n = 0; n < N; n += 16) {
+        __mmask16 mk = N - n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n)) - 1);
+        __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, a + n)));
+        __m512i hi = b ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, b + n)))
+                       : _mm512_setzero_si512();
+        _mm512_mask_storeu_epi32(dst + n, mk, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+/* One row of N floats to bf16, zero-padded to an even count (consecutive elements form the pairs). */
+static void row_to_bf16(uint16_t *dst, const float *src, int N) {
+    for (int n = 0; n < N; n += 16) {
+        __mmask16 mk = N - n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n)) - 1);
+        __mmask16 ms = N - n >= 16 ? mk : (__mmask16)((1u << ((N - n + 1) & ~1)) - 1);
+        _mm256_mask_storeu_epi16(dst + n, ms, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, src + n)));
+    }
+}
+
+static inline __attribute__((always_inline)) void micro_bf(const int mr, const int nv, __mmask16 last, float *C,
+                                                           int64_t ldc, const uint32_t *A, int64_t ars,
+                                                           int64_t aks, const uint32_t *B, int64_t ldb, int K2,
+                                                           int overwrite) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = _mm512_setzero_ps();
+    for (int k = 0; k < K2; k++) {
+        const uint32_t *b = B + k * ldb, *a = A + k * aks;
+        __m512i bv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            bv[v] = _mm512_maskz_loadu_epi32(v == nv - 1 ? last : (__mmask16)0xFFFF, b + 16 * v);
+            __asm__("" : "+v"(bv[v]));
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < mr; r++) {
+            __m512i ar = _mm512_set1_epi32((int)a[r * ars]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)ar, (__m512bh)bv[v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            __mmask16 mk = v == nv - 1 ? last : (__mmask16)0xFFFF;
+            float *c = C + r * ldc + 16 * v;
+            __m512 x = overwrite ? acc[r][v] : _mm512_add_ps(acc[r][v], _mm512_maskz_loadu_ps(mk, c));
+            _mm512_mask_storeu_ps(c, mk, x);
+        }
+}
+
+/* C[r, n] (+)= sum_p A2[r*ars + p*aks] . B2[p*ldb + n] over K2 pairs. */
+static void gemm_bf16(float *C, int64_t ldc, const uint32_t *A, int64_t ars, int64_t aks, const uint32_t *B,
+                      int64_t ldb, int M, int N, int K2, int overwrite) {
+    for (int n0 = 0; n0 < N; n0 += 64) {
+        int nn = N - n0 < 64 ? N - n0 : 64, nv = (nn + 15) / 16;
+        __mmask16 last = (__mmask16)(0xFFFFu >> (16 * nv - nn));
+        for (int r0 = 0; r0 < M; r0 += 4) {
+            int mr = M - r0 < 4 ? M - r0 : 4;
+            float *c = C + r0 * ldc + n0;
+            const uint32_t *a = A + r0 * ars, *b = B + n0;
+            switch (mr * 8 + nv) {
+#define CASE(R, V)                                                          \
+    case (R) * 8 + (V):                                                     \
+        micro_bf(R, V, last, c, ldc, a, ars, aks, b, ldb, K2, overwrite); \
+        break;
+                CASE(4, 4) CASE(4, 3) CASE(4, 2) CASE(4, 1) CASE(3, 4) CASE(3, 3) CASE(3, 2) CASE(3, 1)
+                CASE(2, 4) CASE(2, 3) CASE(2, 2) CASE(2, 1) CASE(1, 4) CASE(1, 3) CASE(1, 2) CASE(1, 1)
+#undef CASE
+            }
+        }
+    }
+}
+#else
+#define HAVE_BF16 0
+#endif
+
 /* ---- forward ---- */
 
+static int use_bf16(const rb_attn_shape *s) { return HAVE_BF16 && s->bf16; }
+
 size_t attention_forward_scratch(const rb_attn_shape *s) {
-    return round16((size_t)s->D * QT) + (size_t)KB * QT + round16((size_t)QT * s->Dv) + 3 * QT;
+    size_t n = round16((size_t)s->D * QT) + (size_t)KB * QT + round16((size_t)QT * s->Dv) + 3 * QT;
+    if (use_bf16(s)) { /* Q pairs [D/2, QT], P pairs [KB/2, QT], K rows [KB, D/2], V pairs [KB/2, Dv] */
+        size_t D2 = ((size_t)s->D + 1) / 2;
+        n += round16(D2 * QT) + (size_t)KB / 2 * QT + round16((size_t)KB * D2) + round16((size_t)KB / 2 * s->Dv);
+    }
+    return n;
 }
 
 static void forward_tile(float *out, float *lse, const float *q, const float *k, const float *v, const float *mask,
@@ -223,9 +319,24 @@ static void forward_tile(float *out, float *lse, const float *q, const float *k,
         l[i] = 0;
     }
     memset(O, 0, (size_t)QT * Dv * sizeof *O);
+#if HAVE_BF16
+    const int bf = use_bf16(s), D2 = (D + 1) / 2;
+    uint32_t *Q2 = (uint32_t *)(alpha + QT), *P2 = Q2 + round16((size_t)D2 * QT), *K2 = P2 + KB / 2 * QT;
+    uint32_t *V2 = K2 + round16((size_t)KB * D2);
+    if (bf)
+        for (int p = 0; p < D2; p++)
+            pack_pairs(Q2 + p * QT, Qt + 2 * p * QT, 2 * p + 1 < D ? Qt + (2 * p + 1) * QT : NULL, QT);
+#endif
     for (int j0 = 0; j0 < s->Lk; j0 += KB) {
         int nk = s->Lk - j0 < KB ? s->Lk - j0 : KB;
-        gemm_tile(St, QT, kb + j0 * s->k_sl, s->k_sl, 1, Qt, QT, nk, QT, D, 1.0f, 1); /* St = K_blk Qt */
+#if HAVE_BF16
+        if (bf) {
+            for (int j = 0; j < nk; j++)
+                row_to_bf16((uint16_t *)(K2 + j * D2), kb + (j0 + j) * s->k_sl, D);
+            gemm_bf16(St, QT, K2, D2, 1, Q2, QT, nk, QT, D2, 1);
+        } else
+#endif
+            gemm_tile(St, QT, kb + j0 * s->k_sl, s->k_sl, 1, Qt, QT, nk, QT, D, 1.0f, 1); /* St = K_blk Qt */
         if (mb)
             add_mask(St, nk, mq, mb + j0 * s->m_sk, s->m_sq, s->m_sk);
         softmax_block(St, nk, m, l, alpha);
@@ -233,7 +344,17 @@ static void forward_tile(float *out, float *lse, const float *q, const float *k,
             if (alpha[i] != 1.0f)
                 for (int e = 0; e < Dv; e++)
                     O[i * Dv + e] *= alpha[i];
-        gemm_tile(O, Dv, St, 1, QT, vb + j0 * s->v_sl, s->v_sl, mq, Dv, nk, 1.0f, 0); /* O += P V */
+#if HAVE_BF16
+        if (bf) {
+            for (int p = 0; 2 * p < nk; p++) {
+                int odd = 2 * p + 1 < nk;
+                pack_pairs(P2 + p * QT, St + 2 * p * QT, odd ? St + (2 * p + 1) * QT : NULL, QT);
+                pack_pairs(V2 + p * Dv, vb + (j0 + 2 * p) * s->v_sl, odd ? vb + (j0 + 2 * p + 1) * s->v_sl : NULL, Dv);
+            }
+            gemm_bf16(O, Dv, P2, 1, QT, V2, Dv, mq, Dv, (nk + 1) / 2, 0);
+        } else
+#endif
+            gemm_tile(O, Dv, St, 1, QT, vb + j0 * s->v_sl, s->v_sl, mq, Dv, nk, 1.0f, 0); /* O += P V */
     }
     int64_t ld = (int64_t)s->H * Dv;
     float *ob = out + ((int64_t)b * s->Lq + i0) * ld + h * Dv;
@@ -487,6 +608,8 @@ rb_tensor *rb_attention(rb_ctx *c, rb_tensor *q, rb_tensor *k, rb_tensor *v, int
     rb_tensor *lse = rec ? rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){s.B, s.H, s.Lq}) : NULL;
     if (!out || (rec && !lse))
         return NULL;
+    /* bf16 tiles for inference only: the f32 backward must see the P it recomputes */
+    s.bf16 = c->matmul_dtype == RB_BF16 && !rec;
     size_t mark = rb_arena_mark(c->arena);
     int nt = omp_get_max_threads();
     float *ws = scratch_alloc(c, attention_forward_scratch(&s), nt);
@@ -507,6 +630,10 @@ rb_tensor *rb_attention(rb_ctx *c, rb_tensor *q, rb_tensor *k, rb_tensor *v, int
 /* ---- timing helper for bench/ ---- */
 
 double rb_attention_bench_gflops(int B, int H, int L, int D, int reps) {
+    return rb_attention_bench_gflops_dtype(B, H, L, D, reps, RB_F32);
+}
+
+double rb_attention_bench_gflops_dtype(int B, int H, int L, int D, int reps, rb_dtype dtype) {
     if (B < 1 || H < 1 || L < 1 || D < 1 || reps < 1)
         return rb_error(RB_ERR_INVALID, "attention bench: bad arguments"), -1.0;
     size_t n = (size_t)B * L * H * D, cap;
@@ -517,6 +644,7 @@ double rb_attention_bench_gflops(int B, int H, int L, int D, int reps) {
         return -1.0;
     rb_ctx c;
     rb_ctx_init(&c, &a);
+    c.matmul_dtype = dtype;
     int64_t shape[3] = {B, L, (int64_t)H * D};
     rb_tensor *t[3];
     uint32_t x = 12345;

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/dtype.h"
+
 /* Shapes and strides (in elements) of one attention call. q/k/v rows are contiguous along the
  * channel dim; batch and row strides are free, so slices along L work without a copy. The additive
  * mask (f32, or absent) is read at m_sb*b + m_sh*h + m_sq*i + m_sk*j: a broadcast dim has stride 0. */
@@ -18,6 +20,8 @@ typedef struct rb_attn_shape {
     int64_t q_sb, q_sl, k_sb, k_sl, v_sb, v_sl;
     int64_t m_sb, m_sh, m_sq, m_sk;
     float scale; /* already resolved: the caller turns 0 into 1/sqrt(D) */
+    int bf16;    /* forward: score and P V tiles in bf16 with f32 accumulation (needs AVX512-BF16,
+                    else ignored); softmax, statistics and output stay f32. The backward is f32. */
 } rb_attn_shape;
 
 /* Per-thread scratch sizes in floats (independent of Lq and Lk). */
@@ -47,5 +51,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
  * calls after one warm-up, with the current OpenMP thread count. Returns a negative value on error
  * (rb_last_error says why). For bench/. */
 double rb_attention_bench_gflops(int B, int H, int L, int D, int reps);
+/* Same with the context's matmul dtype set to dtype (RB_F32 or RB_BF16: bf16 tiles). */
+double rb_attention_bench_gflops_dtype(int B, int H, int L, int D, int reps, rb_dtype dtype);
 
 #endif
