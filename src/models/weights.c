@@ -1,0 +1,130 @@
+#include "weights.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/mem.h"
+
+rb_status rb_weights_open(rb_weights *w, const char *path) {
+    memset(w, 0, sizeof *w);
+    RB_TRY(rb_st_open(&w->st, path));
+    w->used = rb_calloc((size_t)w->st.n + 1, "weights");
+    w->cap_owned = w->st.n + 1;
+    w->owned = rb_calloc((size_t)w->cap_owned * sizeof *w->owned, "weights");
+    w->copies = rb_calloc((size_t)w->cap_owned * sizeof *w->copies, "weights");
+    rb_status st = !w->used || !w->owned || !w->copies ? RB_ERR_OOM : rb_strmap_init(&w->index, (uint32_t)w->st.n);
+    for (int i = 0; st == RB_OK && i < w->st.n; i++)
+        st = rb_strmap_put(&w->index, w->st.entries[i].name, strlen(w->st.entries[i].name), i);
+    if (st != RB_OK)
+        rb_weights_close(w);
+    return st;
+}
+
+void rb_weights_close(rb_weights *w) {
+    for (int i = 0; i < w->n_owned; i++)
+        rb_free(w->copies[i]);
+    rb_free(w->copies);
+    rb_free(w->owned);
+    rb_free(w->used);
+    rb_strmap_free(&w->index);
+    rb_st_close(&w->st);
+    memset(w, 0, sizeof *w);
+}
+
+static int find(const rb_weights *w, const char *name) {
+    int32_t i;
+    return rb_strmap_get(&w->index, name, strlen(name), &i) ? i : -1;
+}
+
+int rb_weights_has(const rb_weights *w, const char *name) { return find(w, name) >= 0; }
+
+static rb_tensor *get(rb_weights *w, int required, int f32, int ndim, const int64_t *shape, const char *fmt,
+                      va_list ap) {
+    if (w->status != RB_OK)
+        return NULL;
+    char name[512];
+    vsnprintf(name, sizeof name, fmt, ap);
+    int i = find(w, name);
+    if (i < 0) {
+        if (required)
+            w->status = rb_error(RB_ERR_FORMAT, "%s: missing tensor '%s'", w->st.path, name);
+        return NULL;
+    }
+    const rb_tensor *t = &w->st.entries[i].t;
+    int ok = t->ndim == ndim;
+    for (int d = 0; ok && d < ndim; d++)
+        ok = shape[d] < 0 || shape[d] == t->shape[d];
+    if (!ok) {
+        char got[96];
+        w->status = rb_error(RB_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected %d dims", w->st.path, name,
+                             rb_shape_str(t, got, sizeof got), ndim);
+        return NULL;
+    }
+    if (!rb_dtypes[t->dtype].is_float || t->dtype == RB_F8_E4M3 || t->dtype == RB_F8_E5M2 || t->dtype == RB_F64) {
+        w->status = rb_error(RB_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (f32, f16 or bf16 expected)",
+                             w->st.path, name, rb_dtype_name(t->dtype));
+        return NULL;
+    }
+    if (w->n_owned == w->cap_owned) { /* a tensor requested twice still fits: grow */
+        int cap = w->cap_owned * 2;
+        rb_tensor *o = rb_calloc((size_t)cap * sizeof *o, "weights");
+        void **c = rb_calloc((size_t)cap * sizeof *c, "weights");
+        if (!o || !c) {
+            rb_free(o);
+            rb_free(c);
+            w->status = RB_ERR_OOM;
+            return NULL;
+        }
+        memcpy(o, w->owned, (size_t)w->n_owned * sizeof *o);
+        memcpy(c, w->copies, (size_t)w->n_owned * sizeof *c);
+        rb_free(w->owned);
+        rb_free(w->copies);
+        w->owned = o;
+        w->copies = c;
+        w->cap_owned = cap;
+    }
+    rb_tensor *out = &w->owned[w->n_owned];
+    *out = *t;
+    out->name = w->st.entries[i].name;
+    if (f32 && t->dtype != RB_F32) {
+        rb_tensor conv;
+        if ((w->status = rb_tensor_alloc(&conv, RB_F32, t->ndim, t->shape, name)) != RB_OK)
+            return NULL;
+        rb_tensor_copy(&conv, t);
+        w->copies[w->n_owned] = conv.data;
+        conv.name = out->name;
+        *out = conv;
+    }
+    w->n_owned++;
+    w->used[i] = 1;
+    return out;
+}
+
+rb_tensor *rb_weights_get(rb_weights *w, int f32, int ndim, const int64_t *shape, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    rb_tensor *t = get(w, 1, f32, ndim, shape, fmt, ap);
+    va_end(ap);
+    return t;
+}
+
+rb_tensor *rb_weights_opt(rb_weights *w, int f32, int ndim, const int64_t *shape, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    rb_tensor *t = get(w, 0, f32, ndim, shape, fmt, ap);
+    va_end(ap);
+    return t;
+}
+
+int rb_weights_unused(const rb_weights *w, int max_print) {
+    int n = 0;
+    for (int i = 0; i < w->st.n; i++) {
+        if (w->used[i])
+            continue;
+        if (n < max_print)
+            fprintf(stderr, "relbooth: %s: unused tensor %s\n", w->st.path, w->st.entries[i].name);
+        n++;
+    }
+    return n;
+}
