@@ -3,7 +3,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "mem.h"
 
@@ -39,4 +42,33 @@ rb_status rb_read_file(const char *path, size_t max_bytes, char **data, size_t *
     *data = buf;
     *len = n;
     return RB_OK;
+}
+
+rb_status rb_map_file(const char *path, void **map, size_t *size) {
+    *map = NULL;
+    *size = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return rb_error(RB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return rb_error(RB_ERR_IO, "%s: not a regular file", path);
+    }
+    if (sb.st_size > 0) {
+        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            close(fd);
+            return rb_error(RB_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
+        }
+        *map = m;
+        *size = (size_t)sb.st_size;
+    }
+    close(fd);
+    return RB_OK;
+}
+
+void rb_unmap_file(void *map, size_t size) {
+    if (map)
+        munmap(map, size);
 }

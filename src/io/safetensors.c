@@ -7,12 +7,13 @@
  * handed out. */
 #include "safetensors.h"
 
+#include "core/file.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -251,29 +252,13 @@ rb_status rb_st_open_mem(rb_safetensors *f, const void *bytes, size_t n, const c
 
 rb_status rb_st_open(rb_safetensors *f, const char *path) {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return rb_error(RB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return rb_error(RB_ERR_IO, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    void *map = NULL;
-    if (size >= 8) {
-        map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            close(fd);
-            return rb_error(RB_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
-        }
-    }
-    close(fd);
+    void *map;
+    size_t size;
+    RB_TRY(rb_map_file(path, &map, &size));
     static const uint8_t empty[1];
-    rb_status st = rb_st_open_mem(f, map ? map : empty, map ? size : (size_t)sb.st_size, path);
+    rb_status st = rb_st_open_mem(f, map ? map : empty, size, path);
     if (st != RB_OK) {
-        if (map)
-            munmap(map, size);
+        rb_unmap_file(map, size);
         return st;
     }
     f->owns_map = map != NULL;
@@ -294,8 +279,8 @@ void rb_st_close(rb_safetensors *f) {
     free(f->meta_values);
     free(f->by_name);
     rb_free(f->aligned);
-    if (f->owns_map && f->map)
-        munmap(f->map, f->map_size);
+    if (f->owns_map)
+        rb_unmap_file(f->map, f->map_size);
     free(f->path);
     memset(f, 0, sizeof *f);
 }
