@@ -278,56 +278,63 @@ static void ref_blend(dtile *t, int rows, int cols, int64_t C, int64_t ext, int6
     }
 }
 
-typedef enum { TILE_ENCODE_MEAN, TILE_ENCODE_LOGVAR, TILE_DECODE } tile_what;
-
-/* Untiled result of one crop of x (what diffusers runs per tile). */
-static rb_tensor *untiled_crop(const rb_vae *m, rb_tensor *x, int64_t i0, int64_t j0, int64_t T, tile_what what) {
+/* Untiled result(s) of one crop of x (what diffusers runs per tile): decoded image, or mean and logvar. */
+static int untiled_crop(const rb_vae *m, rb_tensor *x, int64_t i0, int64_t j0, int64_t T, int decode,
+                        rb_tensor **r) {
     rb_tensor v1, v2;
     int64_t H = x->shape[2], W = x->shape[3];
     rb_view_slice(&v1, x, 2, i0, i0 + T < H ? i0 + T : H);
     rb_view_slice(&v2, &v1, 3, j0, j0 + T < W ? j0 + T : W);
     rb_tensor *crop = rb_contiguous(&ctx, &v2);
-    if (what == TILE_DECODE)
-        return rb_vae_decode(&ctx, m, crop, 0, NULL);
+    if (decode)
+        return (r[0] = rb_vae_decode(&ctx, m, crop, 0, NULL)) != NULL;
     rb_vae_posterior p;
     rb_vae_encode(&ctx, m, crop, NULL, 0, NULL, &p);
-    return what == TILE_ENCODE_MEAN ? p.mean : p.logvar;
+    r[0] = p.mean;
+    r[1] = p.logvar;
+    return ctx.status == RB_OK;
 }
 
-/* Compares `got` (tiled output) with the double re-blend of untiled crops of x. */
-static void check_tiles(const rb_vae *m, rb_tensor *x, const rb_tensor *got, tile_what what, int64_t T,
+/* Compares the tiled outputs got[0..n) (decoded, or mean and logvar) with the double re-blend of
+ * untiled crops of x. */
+static void check_tiles(const rb_vae *m, rb_tensor *x, const rb_tensor *const *got, int n, int decode, int64_t T,
                         int64_t out_tile) {
     int64_t step = T * 3 / 4, ext = out_tile / 4, limit = out_tile - ext;
     int rows = (int)((x->shape[2] + step - 1) / step), cols = (int)((x->shape[3] + step - 1) / step);
-    dtile *t = calloc((size_t)(rows * cols), sizeof *t);
-    int64_t C = got->shape[1], Ho = got->shape[2], Wo = got->shape[3];
+    dtile *t = calloc((size_t)(2 * rows * cols), sizeof *t);
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++) {
             size_t mk = rb_arena_mark(&arena);
-            rb_tensor *r = untiled_crop(m, x, i * step, j * step, T, what);
-            REQUIRE(r, "tile %d,%d: %s", i, j, rb_last_error());
-            dtile *d = &t[i * cols + j];
-            d->h = r->shape[2];
-            d->w = r->shape[3];
-            d->d = malloc((size_t)rb_numel(r) * sizeof(double));
-            for (int64_t k = 0; k < rb_numel(r); k++)
-                d->d[k] = rb_tensor_get(r, k);
+            rb_tensor *r[2];
+            REQUIRE(untiled_crop(m, x, i * step, j * step, T, decode, r), "tile %d,%d: %s", i, j, rb_last_error());
+            for (int k = 0; k < n; k++) {
+                dtile *d = &t[k * rows * cols + i * cols + j];
+                d->h = r[k]->shape[2];
+                d->w = r[k]->shape[3];
+                d->d = malloc((size_t)rb_numel(r[k]) * sizeof(double));
+                for (int64_t e = 0; e < rb_numel(r[k]); e++)
+                    d->d[e] = rb_tensor_get(r[k], e);
+            }
             rb_arena_reset(&arena, mk);
         }
-    double *ref = calloc((size_t)(C * Ho * Wo), sizeof(double));
-    ref_blend(t, rows, cols, C, ext, limit, ref, Ho, Wo);
-    double md = 0, mx = 0;
-    for (int64_t k = 0; k < C * Ho * Wo; k++) {
-        md = fmax(md, fabs(rb_tensor_get(got, k) - ref[k]));
-        mx = fmax(mx, fabs(ref[k]));
+    for (int k = 0; k < n; k++) {
+        int64_t C = got[k]->shape[1], Ho = got[k]->shape[2], Wo = got[k]->shape[3];
+        double *ref = calloc((size_t)(C * Ho * Wo), sizeof(double));
+        ref_blend(t + k * rows * cols, rows, cols, C, ext, limit, ref, Ho, Wo);
+        double md = 0, mx = 0;
+        for (int64_t e = 0; e < C * Ho * Wo; e++) {
+            md = fmax(md, fabs(rb_tensor_get(got[k], e) - ref[e]));
+            mx = fmax(mx, fabs(ref[e]));
+        }
+        /* the same per-tile computation; only the blend's float rounding differs */
+        CHECK(md <= 1e-6 * fmax(mx, 1.0), "tiled output %d/%d vs re-blended untiled tiles: max |diff| %g", k,
+              decode, md);
+        fprintf(stderr, "  tiled %d/%d vs re-blend: %.3g\n", k, decode, md);
+        free(ref);
     }
-    /* the same per-tile computation; only the blend's float rounding differs */
-    CHECK(md <= 1e-6 * fmax(mx, 1.0), "tiled %d vs re-blended untiled tiles: max |diff| %g", (int)what, md);
-    fprintf(stderr, "  tiled %d vs re-blend: %.3g\n", (int)what, md);
-    for (int k = 0; k < rows * cols; k++)
+    for (int k = 0; k < 2 * rows * cols; k++)
         free(t[k].d);
     free(t);
-    free(ref);
 }
 
 /* Tiled vs untiled on 256x256 (tile 128 px / 16 latents with the golden config). The seams differ
@@ -353,15 +360,14 @@ static void t_vae_tiled(void) {
     REQUIRE(rb_vae_encode(&ctx, &m, img, NULL, 1, NULL, &pt) == RB_OK, "tiled encode: %s", rb_last_error());
     REQUIRE(rb_vae_encode(&ctx, &m, img, NULL, 0, NULL, &pu) == RB_OK, "encode: %s", rb_last_error());
     REQUIRE(pt.mean->shape[2] == 32 && pt.mean->shape[3] == 32, "tiled latent size");
-    check_tiles(&m, img, pt.mean, TILE_ENCODE_MEAN, 128, 16);
-    check_tiles(&m, img, pt.logvar, TILE_ENCODE_LOGVAR, 128, 16);
+    check_tiles(&m, img, (const rb_tensor *const[]){pt.mean, pt.logvar}, 2, 0, 128, 16);
     double d_mean = max_diff(pt.mean, pu.mean), d_std = max_diff(pt.std, pu.std);
 
     rb_tensor *dt = rb_vae_decode(&ctx, &m, z, 1, NULL);
     rb_tensor *du = rb_vae_decode(&ctx, &m, z, 0, NULL);
     REQUIRE(dt && du, "decode: %s", rb_last_error());
     REQUIRE(dt->shape[2] == 256 && dt->shape[3] == 256, "tiled decode size");
-    check_tiles(&m, z, dt, TILE_DECODE, 16, 128);
+    check_tiles(&m, z, (const rb_tensor *const[]){dt}, 1, 1, 16, 128);
     double d_dec = max_diff(dt, du);
     fprintf(stderr, "  tiled vs untiled: mean %.3g std %.3g decoded %.3g (max|mean| %.3g, max|dec| %.3g)\n", d_mean,
             d_std, d_dec, tol_for(pu.mean) * 1e5, tol_for(du) * 1e5);
