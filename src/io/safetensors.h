@@ -19,9 +19,21 @@ typedef struct rb_safetensors {
     rb_st_entry *entries; /* in file order of data offsets */
     int n_meta;
     char **meta_keys, **meta_values; /* __metadata__ */
+    /* private */
+    int *by_name;   /* entry indices sorted by name, for rb_st_get */
+    void *aligned;  /* rb_alloc copy of tensors whose offset is not a multiple of their element size */
+    int owns_map;   /* 1 when map came from mmap (rb_st_open), 0 for rb_st_open_mem */
 } rb_safetensors;
 
+/* Largest accepted JSON header (the format's own limit). */
+#define RB_ST_MAX_HEADER (100u << 20)
+
+/* 1 if the bytes look like a safetensors file (8-byte length followed by '{'). */
+int rb_st_sniff(const uint8_t *head, size_t n);
+
 rb_status rb_st_open(rb_safetensors *f, const char *path);
+/* Same checks on bytes already in memory (they must outlive f); `name` is used in messages. */
+rb_status rb_st_open_mem(rb_safetensors *f, const void *bytes, size_t n, const char *name);
 void rb_st_close(rb_safetensors *f);
 /* NULL if absent */
 const rb_tensor *rb_st_get(const rb_safetensors *f, const char *name);

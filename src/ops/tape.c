@@ -81,13 +81,25 @@ static rb_status run_backward(rb_ctx *c, int from, int to) {
         rb_tape_entry *e = &c->tape->e[i];
         if (!e->out->grad)
             continue; /* nothing downstream depended on this output */
+        const char *op = e->op; /* a checkpoint's backward may grow (move) the tape */
         rb_status s = e->backward(c, e);
         if (s != RB_OK)
-            return rb_error_prefix(s, "backward of %s", e->op);
+            return rb_error_prefix(s, "backward of %s", op);
         if (c->status != RB_OK)
             return c->status;
     }
     return RB_OK;
+}
+
+/* Gradients of recorded outputs (not of leaves) start from zero in every pass, so that a second
+ * backward over the same tape adds exactly one more pass to the leaves, as in torch; without this
+ * the intermediates would still hold the first pass and the leaves would get it again. */
+static void zero_intermediate_grads(rb_tape *t) {
+    for (int i = 0; i < t->n; i++) {
+        rb_tensor *g = t->e[i].out->grad;
+        if (g)
+            memset(g->data, 0, rb_nbytes(g));
+    }
 }
 
 rb_status rb_backward(rb_ctx *c, rb_tensor *loss) {
@@ -95,6 +107,9 @@ rb_status rb_backward(rb_ctx *c, rb_tensor *loss) {
         return rb_error(RB_ERR_INVALID, "backward: no tape");
     if (!loss || rb_numel(loss) != 1)
         return rb_error(RB_ERR_INVALID, "backward: loss must have exactly one element");
+    if (!loss->requires_grad)
+        return rb_error(RB_ERR_INVALID, "backward: the loss does not depend on anything that needs a gradient");
+    zero_intermediate_grads(c->tape);
     rb_tensor *g = rb_grad_of(c, loss);
     if (!g)
         return c->status;
@@ -107,6 +122,9 @@ rb_status rb_backward_with(rb_ctx *c, rb_tensor *out, const rb_tensor *dout) {
         return rb_error(RB_ERR_INVALID, "backward: no tape");
     if (!out || !dout || !rb_same_shape(out, dout))
         return rb_error(RB_ERR_INVALID, "backward: gradient shape differs from the output's");
+    if (!out->requires_grad)
+        return rb_error(RB_ERR_INVALID, "backward: the output does not depend on anything that needs a gradient");
+    zero_intermediate_grads(c->tape);
     rb_tensor *g = rb_grad_of(c, out);
     if (!g)
         return c->status;

@@ -108,10 +108,10 @@ rb_status rb_sched_init(rb_scheduler *s, const rb_sched_config *c, rb_sampler sa
     } else {
         linspace_f32(s->betas, (float)c->beta_start, (float)c->beta_end, n);
     }
-    float acp = 1.0f;
+    double acp = 1.0; /* torch.cumprod on CPU accumulates float32 in double */
     for (int i = 0; i < n; i++) {
-        acp *= 1.0f - s->betas[i];
-        s->alphas_cumprod[i] = acp;
+        acp *= (double)(1.0f - s->betas[i]);
+        s->alphas_cumprod[i] = (float)acp;
     }
     return RB_OK;
 }
