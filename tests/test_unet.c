@@ -296,6 +296,213 @@ static void t_sdxl_sgm(void) { run_case("unet_sdxl", "sgm_unet.safetensors", sdx
 static void t_sd15_diffusers(void) { run_case("unet_sd15", "diffusion_pytorch_model.safetensors", sd15_tol); }
 static void t_sd15_ldm(void) { run_case("unet_sd15", "ldm_unet.safetensors", sd15_tol); }
 
+
+/* ---- processors, timesteps, inputs, memory (SDXL golden model) ---- */
+
+typedef struct {
+    rb_unet m;
+    rb_safetensors io;
+    rb_tensor sample, t, ehs, te, ti;
+    rb_arena arena;
+    rb_ctx c;
+} fixture;
+
+static fixture *open_sdxl(void) {
+    static fixture f;
+    const char *g = t_golden_path("unet_sdxl");
+    if (!g)
+        return NULL;
+    char dir[2048], cfg[2100], w[2100], io[2100];
+    snprintf(dir, sizeof dir, "%s", g);
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    snprintf(w, sizeof w, "%s/diffusion_pytorch_model.safetensors", dir);
+    snprintf(io, sizeof io, "%s/io.safetensors", dir);
+    if (rb_unet_load(&f.m, cfg, w) != RB_OK || rb_st_open(&f.io, io) != RB_OK) {
+        CHECK(0, "%s", rb_last_error());
+        return NULL;
+    }
+    f.sample = io_tensor(&f.io, "sample");
+    f.t = io_tensor(&f.io, "timestep");
+    f.ehs = io_tensor(&f.io, "encoder_hidden_states");
+    f.te = io_tensor(&f.io, "text_embeds");
+    f.ti = io_tensor(&f.io, "time_ids");
+    if (rb_arena_init(&f.arena, 64 << 20, "unet test") != RB_OK) {
+        CHECK(0, "arena");
+        return NULL;
+    }
+    rb_ctx_init(&f.c, &f.arena);
+    return &f;
+}
+
+static void close_fixture(fixture *f) {
+    rb_arena_free(&f->arena);
+    rb_st_close(&f->io);
+    rb_unet_free(&f->m);
+}
+
+static rb_unet_in fixture_in(fixture *f) {
+    rb_unet_in in = {&f->sample, &f->t, &f->ehs, &f->te, &f->ti, NULL, 0};
+    return in;
+}
+
+static int same(const rb_tensor *a, const rb_tensor *b) {
+    return a && b && rb_numel(a) == rb_numel(b) && !memcmp(a->data, b->data, rb_nbytes(a));
+}
+
+typedef struct {
+    int calls[64];
+    int bad_context, bad_shape;
+    const rb_tensor *ehs;
+} recorder;
+
+static rb_tensor *record_proc(rb_ctx *c, const rb_unet_attn *a, rb_tensor *h, rb_tensor *ctx, int64_t H, int64_t W,
+                              void *user) {
+    recorder *r = user;
+    if (a->index >= 0 && a->index < 64)
+        r->calls[a->index]++;
+    if (a->cross ? ctx->data != r->ehs->data : ctx != h)
+        r->bad_context++;
+    if (h->ndim != 3 || h->shape[1] != H * W || h->shape[2] != a->dim || ctx->shape[2] != a->context_dim)
+        r->bad_shape++;
+    return rb_unet_attn_default(c, a, h, ctx, H, W, NULL);
+}
+
+static rb_tensor *zero_proc(rb_ctx *c, const rb_unet_attn *a, rb_tensor *h, rb_tensor *ctx, int64_t H, int64_t W,
+                            void *user) {
+    (*(int *)user)++;
+    return rb_arena_zeros(c->arena, RB_F32, h->ndim, h->shape);
+}
+
+static rb_tensor *bad_proc(rb_ctx *c, const rb_unet_attn *a, rb_tensor *h, rb_tensor *ctx, int64_t H, int64_t W,
+                           void *user) {
+    return ctx; /* [B, L, ctx] instead of [B, N, C] */
+}
+
+static void t_processors(void) {
+    fixture *f = open_sdxl();
+    if (!f)
+        return;
+    rb_unet_in in = fixture_in(f);
+    rb_unet_out ref, out;
+    REQUIRE(rb_unet_forward(&f->c, &f->m, &in, &ref) == RB_OK, "%s", rb_last_error());
+    size_t mk = rb_arena_mark(&f->arena);
+    /* every module through a recording processor that calls the default: same bits, one call each */
+    static recorder rec;
+    rec.ehs = &f->ehs;
+    rb_unet_proc procs[64];
+    for (int i = 0; i < f->m.n_attn; i++)
+        procs[i] = (rb_unet_proc){record_proc, &rec};
+    in.procs = procs;
+    REQUIRE(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_OK, "%s", rb_last_error());
+    CHECK(same(out.sample, ref.sample), "recording processor changes nothing");
+    for (int i = 0; i < f->m.n_attn; i++)
+        CHECK(rec.calls[i] == 1, "processor %d called %d times", i, rec.calls[i]);
+    CHECK(!rec.bad_context && !rec.bad_shape, "context %d / shape %d mismatches", rec.bad_context, rec.bad_shape);
+    /* replacing only attn2 (odd indices): every cross-attention is called and the output changes */
+    rb_arena_reset(&f->arena, mk);
+    int zero_calls = 0;
+    for (int i = 0; i < f->m.n_attn; i++)
+        procs[i] = (rb_unet_proc){i % 2 ? zero_proc : NULL, &zero_calls};
+    REQUIRE(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_OK, "%s", rb_last_error());
+    CHECK(zero_calls == f->m.n_attn / 2, "%d attn2 calls", zero_calls);
+    double d = 0;
+    for (int64_t i = 0; i < rb_numel(out.sample); i++)
+        d += fabs(((float *)out.sample->data)[i] - ((float *)ref.sample->data)[i]);
+    CHECK(d / (double)rb_numel(out.sample) > 1e-3, "no cross-attention changes the output (mean |diff| %g)",
+          d / (double)rb_numel(out.sample));
+    /* a processor returning the wrong shape is an error naming the module */
+    rb_arena_reset(&f->arena, mk);
+    procs[5] = (rb_unet_proc){bad_proc, NULL};
+    CHECK(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_ERR_INVALID && strstr(rb_last_error(), f->m.attn[5]->name),
+          "wrong shape refused: %s", rb_last_error());
+    close_fixture(f);
+}
+
+/* Timestep as [], [B] or an integer gives the same result; a different t changes it. */
+static void t_timesteps(void) {
+    fixture *f = open_sdxl();
+    if (!f)
+        return;
+    rb_unet_in in = fixture_in(f);
+    rb_unet_out ref, out;
+    REQUIRE(rb_unet_forward(&f->c, &f->m, &in, &ref) == RB_OK, "%s", rb_last_error());
+    float tv[2] = {999, 999};
+    int64_t ti64 = 999;
+    rb_tensor vec = rb_tensor_wrap(tv, RB_F32, 1, (int64_t[]){2}), i64 = rb_tensor_wrap(&ti64, RB_I64, 0, NULL);
+    in.timestep = &vec;
+    REQUIRE(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_OK, "%s", rb_last_error());
+    CHECK(same(out.sample, ref.sample), "[B] timestep");
+    in.timestep = &i64;
+    REQUIRE(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_OK, "%s", rb_last_error());
+    CHECK(same(out.sample, ref.sample), "i64 timestep");
+    /* row 1 at another t: row 0 unchanged, row 1 differs */
+    tv[1] = 500;
+    in.timestep = &vec;
+    REQUIRE(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_OK, "%s", rb_last_error());
+    size_t half = rb_nbytes(out.sample) / 2;
+    CHECK(!memcmp(out.sample->data, ref.sample->data, half), "row 0 unchanged");
+    CHECK(memcmp((char *)out.sample->data + half, (char *)ref.sample->data + half, half), "row 1 changed");
+    close_fixture(f);
+}
+
+static void t_input_errors(void) {
+    fixture *f = open_sdxl();
+    if (!f)
+        return;
+    rb_unet_in in = fixture_in(f);
+    rb_unet_out out;
+    rb_tensor bad;
+    REQUIRE(rb_view_slice(&bad, &f->sample, 1, 0, 3) == RB_OK, "slice");
+    in.sample = &bad; /* 3 channels */
+    CHECK(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_ERR_INVALID && strstr(rb_last_error(), "sample"),
+          "channels: %s", rb_last_error());
+    rb_ctx_clear(&f->c);
+    REQUIRE(rb_view_slice(&bad, &f->sample, 2, 0, 10) == RB_OK, "slice");
+    in.sample = &bad; /* height 10: not a multiple of 4 */
+    CHECK(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_ERR_UNSUPPORTED, "odd size: %s", rb_last_error());
+    rb_ctx_clear(&f->c);
+    in = fixture_in(f);
+    in.text_embeds = NULL;
+    CHECK(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_ERR_INVALID && strstr(rb_last_error(), "text_embeds"),
+          "missing text_embeds: %s", rb_last_error());
+    rb_ctx_clear(&f->c);
+    in = fixture_in(f);
+    REQUIRE(rb_view_slice(&bad, &f->ehs, 2, 0, 20) == RB_OK, "slice");
+    in.encoder_hidden_states = &bad;
+    CHECK(rb_unet_forward(&f->c, &f->m, &in, &out) == RB_ERR_INVALID &&
+              strstr(rb_last_error(), "encoder_hidden_states"),
+          "context width: %s", rb_last_error());
+    close_fixture(f);
+}
+
+/* Inference compacts the arena: lower peak than keeping every activation (as under a tape), same bits. */
+static void t_arena_reuse(void) {
+    fixture *f = open_sdxl();
+    if (!f)
+        return;
+    rb_unet_in in = fixture_in(f);
+    rb_unet_out a, b;
+    REQUIRE(rb_unet_forward(&f->c, &f->m, &in, &a) == RB_OK, "%s", rb_last_error());
+    size_t compact_peak = f->arena.peak;
+    static rb_arena grads;
+    static rb_tape tape;
+    REQUIRE(rb_arena_init(&grads, 1 << 20, "grads") == RB_OK && rb_tape_init(&tape, 4096, &grads) == RB_OK, "tape");
+    static rb_arena kept;
+    REQUIRE(rb_arena_init(&kept, 64 << 20, "unet test, no compaction") == RB_OK, "arena");
+    rb_ctx c2;
+    rb_ctx_init(&c2, &kept);
+    c2.tape = &tape; /* nothing requires grad: nothing is recorded, but activations are kept */
+    REQUIRE(rb_unet_forward(&c2, &f->m, &in, &b) == RB_OK, "%s", rb_last_error());
+    CHECK(same(a.sample, b.sample), "same result with and without compaction");
+    CHECK(compact_peak * 2 < kept.peak, "peak %zu with compaction vs %zu without", compact_peak, kept.peak);
+    if (getenv("RELBOOTH_VERBOSE"))
+        fprintf(stderr, "  arena peak %zu compacted, %zu kept\n", compact_peak, kept.peak);
+    rb_arena_free(&kept);
+    rb_tape_free(&tape);
+    rb_arena_free(&grads);
+    close_fixture(f);
+}
+
 int main(void) {
     RUN(t_config);
     RUN(t_config_errors);
@@ -306,5 +513,9 @@ int main(void) {
     RUN(t_sdxl_sgm);
     RUN(t_sd15_diffusers);
     RUN(t_sd15_ldm);
+    RUN(t_processors);
+    RUN(t_timesteps);
+    RUN(t_input_errors);
+    RUN(t_arena_reuse);
     return t_done();
 }
