@@ -78,12 +78,22 @@ static rb_tensor *conv_run(rb_ctx *c, const bench_case *bc, bench_data *d) {
     return rb_conv2d(c, &d->t[0], &d->t[1], &d->t[2], 1, 1, p, p);
 }
 
+/* fused attention forward: q, k, v [1, L, H*D], no mask;  d = {L, H, D}; 4*L*L*H*D flops */
+static double attn_flops(const bench_case *bc) { return 4.0 * bc->d[0] * bc->d[0] * bc->d[1] * bc->d[2]; }
+static rb_status attn_init(const bench_case *bc, bench_data *d) {
+    for (unsigned i = 0; i < 3; i++)
+        RB_TRY(alloc_filled(&d->t[i], 3, (int64_t[]){1, bc->d[0], bc->d[1] * bc->d[2]}, 10 + i));
+    return RB_OK;
+}
+static rb_tensor *attn_run(rb_ctx *c, const bench_case *bc, bench_data *d) {
+    return rb_attention(c, &d->t[0], &d->t[1], &d->t[2], (int)bc->d[1], NULL, 0.0f);
+}
+
 static const bench_case cases[] = {
     /* SDXL-sized products at 1024px (64x64 latent tokens, 640 channels) */
     {"matmul_4096x640x1920", {4096, 640, 1920}, linear_flops, linear_init, linear_run},
     {"conv3x3_640to640_64x64", {1, 640, 64, 64, 640, 3}, conv_flops, conv_init, conv_run},
-    /* ---- attention goes here (src/ops/attention.c, another engineer): add a row with its own
-     * flops/init/run functions, e.g. {"attention_4096x4096_10x64", {...}, attn_flops, attn_init, attn_run} ---- */
+    {"attention_4096x4096_10x64", {4096, 10, 64}, attn_flops, attn_init, attn_run},
 };
 
 /* ---- peak ---- */
@@ -127,8 +137,8 @@ static rb_status peak_gflops(rb_arena *ar, rb_dtype dt, int reps, double *out) {
 
 static int usage(FILE *f) {
     fprintf(f, "usage: relbooth bench ops [--json] [-t threads] [-r reps]\n"
-               "  measures this machine's oneDNN f32/bf16 GEMM peak and the GFLOP/s of matmul and conv\n"
-               "  cases against it (ratio = efficiency). Default: 2 threads, 5 repetitions (best of).\n");
+               "  measures this machine's oneDNN f32/bf16 GEMM peak and the GFLOP/s of matmul, conv and\n"
+               "  attention cases against it (ratio = efficiency). Default: 2 threads, 5 repetitions (best of).\n");
     return f == stdout ? RB_EXIT_OK : RB_EXIT_USAGE;
 }
 

@@ -47,11 +47,5 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *k, const float *v, const float *mask, const float *lse,
                         const rb_attn_shape *s, float *delta, float *dq_part, float *scratch, int nthreads);
 
-/* Forward GFLOP/s (4*B*H*L*L*D FLOPs per call, Lq = Lk = L, Dv = D, no mask, f32) over `reps` timed
- * calls after one warm-up, with the current OpenMP thread count. Returns a negative value on error
- * (rb_last_error says why). For bench/. */
-double rb_attention_bench_gflops(int B, int H, int L, int D, int reps);
-/* Same with the context's matmul dtype set to dtype (RB_F32 or RB_BF16: bf16 tiles). */
-double rb_attention_bench_gflops_dtype(int B, int H, int L, int D, int reps, rb_dtype dtype);
 
 #endif
