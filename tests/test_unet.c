@@ -117,6 +117,44 @@ static void t_processor_order(void) {
     rb_unet_free(&m);
 }
 
+
+/* The real SDXL base config (values of its unet/config.json): 140 processors, attn2 at odd indices,
+ * grouped as MS-Diffusion's ms_adapter.bin expects (down_blocks.1: 1-7, down_blocks.2: 9-47,
+ * up_blocks.0: 49-107, up_blocks.1: 109-119, mid_block: 121-139). */
+static void t_processor_order_sdxl_base(void) {
+    rb_unet_config cfg = {.in_channels = 4, .out_channels = 4, .n_blocks = 3, .block_out = {320, 640, 1280},
+                          .down_attn = {0, 1, 1}, .up_attn = {1, 1, 0}, .mid_attn = 1, .layers_per_block = 2,
+                          .transformer_layers = {1, 2, 10}, .heads = {5, 10, 20}, .cross_attention_dim = 2048,
+                          .use_linear_projection = 1, .norm_groups = 32, .norm_eps = 1e-5f, .flip_sin_to_cos = 1,
+                          .text_time = 1, .addition_time_embed_dim = 256, .add_embed_in = 2816,
+                          .time_embed_dim = 1280};
+    static rb_unet m;
+    REQUIRE(rb_unet_init(&m, &cfg) == RB_OK, "%s", rb_last_error());
+    CHECK(m.n_attn == 140, "%d processors", m.n_attn);
+    static const struct {
+        int index;
+        const char *name;
+    } at[] = {
+        {1, "down_blocks.1.attentions.0.transformer_blocks.0.attn2"},
+        {7, "down_blocks.1.attentions.1.transformer_blocks.1.attn2"},
+        {9, "down_blocks.2.attentions.0.transformer_blocks.0.attn2"},
+        {47, "down_blocks.2.attentions.1.transformer_blocks.9.attn2"},
+        {49, "up_blocks.0.attentions.0.transformer_blocks.0.attn2"},
+        {107, "up_blocks.0.attentions.2.transformer_blocks.9.attn2"},
+        {109, "up_blocks.1.attentions.0.transformer_blocks.0.attn2"},
+        {119, "up_blocks.1.attentions.2.transformer_blocks.1.attn2"},
+        {120, "mid_block.attentions.0.transformer_blocks.0.attn1"},
+        {139, "mid_block.attentions.0.transformer_blocks.9.attn2"},
+    };
+    for (size_t i = 0; i < sizeof at / sizeof *at && m.n_attn == 140; i++)
+        CHECK(!strcmp(m.attn[at[i].index]->name, at[i].name), "index %d: %s", at[i].index, m.attn[at[i].index]->name);
+    int cross_dims_ok = 1;
+    for (int i = 0; i < m.n_attn; i++)
+        cross_dims_ok &= m.attn[i]->cross == (i % 2) && m.attn[i]->heads * 64 == m.attn[i]->dim;
+    CHECK(cross_dims_ok, "attn2 at odd indices, head dim 64");
+    rb_unet_free(&m);
+}
+
 /* ---- key tables vs the reference converters' keymaps ---- */
 
 static void check_keymap(const char *case_name, const char *keymap) {
@@ -507,6 +545,7 @@ int main(void) {
     RUN(t_config);
     RUN(t_config_errors);
     RUN(t_processor_order);
+    RUN(t_processor_order_sdxl_base);
     RUN(t_keymap_sgm);
     RUN(t_keymap_ldm);
     RUN(t_sdxl_diffusers);
