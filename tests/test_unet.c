@@ -203,6 +203,53 @@ static void check_keymap(const char *case_name, const char *keymap) {
 static void t_keymap_sgm(void) { check_keymap("unet_sdxl", "sgm_unet_keymap.json"); }
 static void t_keymap_ldm(void) { check_keymap("unet_sd15", "ldm_unet_keymap.json"); }
 
+
+/* ---- config detection from tensor shapes ---- */
+
+static void check_detect(const char *case_name, const char *file, rb_unet_layout want_layout) {
+    rb_unet_config want, got;
+    if (!load_cfg(&want, case_name))
+        return;
+    char p[4300];
+    snprintf(p, sizeof p, "%s/%s", t_golden_path(case_name), file);
+    static rb_weights w;
+    REQUIRE(rb_weights_open(&w, p) == RB_OK, "%s", rb_last_error());
+    rb_unet_layout layout;
+    char prefix[32];
+    REQUIRE(rb_unet_detect_layout(&w, &layout, prefix, sizeof prefix) == RB_OK, "%s", rb_last_error());
+    CHECK(layout == want_layout && !strcmp(prefix, layout == RB_UNET_SGM ? "model.diffusion_model." : ""),
+          "layout %d prefix '%s'", layout, prefix);
+    REQUIRE(rb_unet_config_detect(&got, &w, layout, prefix) == RB_OK, "%s", rb_last_error());
+    /* everything the shapes determine equals config.json */
+    CHECK(got.n_blocks == want.n_blocks && got.layers_per_block == want.layers_per_block, "blocks, layers");
+    for (int i = 0; i < want.n_blocks; i++) {
+        CHECK(got.block_out[i] == want.block_out[i], "block_out[%d] %d", i, got.block_out[i]);
+        CHECK(got.down_attn[i] == want.down_attn[i] && got.up_attn[i] == want.up_attn[i], "block %d types", i);
+        CHECK(got.transformer_layers[i] == want.transformer_layers[i], "transformer_layers[%d] %d", i,
+              got.transformer_layers[i]);
+        /* heads are not in any shape: the SD convention */
+        int conv = !want.use_linear_projection ? 8 : want.block_out[i] >= 64 ? want.block_out[i] / 64 : 1;
+        CHECK(got.heads[i] == conv, "heads[%d] = %d, convention %d", i, got.heads[i], conv);
+    }
+    CHECK(got.in_channels == want.in_channels && got.out_channels == want.out_channels, "in/out");
+    CHECK(got.cross_attention_dim == want.cross_attention_dim, "cross dim %d", got.cross_attention_dim);
+    CHECK(got.use_linear_projection == want.use_linear_projection, "projection kind");
+    CHECK(got.text_time == want.text_time && got.add_embed_in == want.add_embed_in, "text_time");
+    CHECK(got.time_embed_dim == want.time_embed_dim && got.mid_attn, "time embed");
+    CHECK(got.norm_groups == 32 && got.flip_sin_to_cos && got.freq_shift == 0, "conventions");
+    rb_weights_close(&w);
+    /* the tiny models break the conventions (4 groups), which loading without config.json reports */
+    static rb_unet m;
+    CHECK(rb_unet_load(&m, NULL, p) == RB_ERR_FORMAT && strstr(rb_last_error(), "32 groups"),
+          "tiny model without config: %s", rb_last_error());
+}
+
+static void t_detect_sdxl(void) { check_detect("unet_sdxl", "sgm_unet.safetensors", RB_UNET_SGM); }
+static void t_detect_sd15(void) { check_detect("unet_sd15", "ldm_unet.safetensors", RB_UNET_SGM); }
+static void t_detect_sd15_diffusers(void) {
+    check_detect("unet_sd15", "diffusion_pytorch_model.safetensors", RB_UNET_DIFFUSERS);
+}
+
 /* ---- forward against the goldens ---- */
 
 typedef struct {
@@ -548,6 +595,9 @@ int main(void) {
     RUN(t_processor_order_sdxl_base);
     RUN(t_keymap_sgm);
     RUN(t_keymap_ldm);
+    RUN(t_detect_sdxl);
+    RUN(t_detect_sd15);
+    RUN(t_detect_sd15_diffusers);
     RUN(t_sdxl_diffusers);
     RUN(t_sdxl_sgm);
     RUN(t_sd15_diffusers);

@@ -148,15 +148,29 @@ static rb_status parse_config(rb_unet_config *c, json_t *j, const char *path) {
         RB_TRY(require_default(j, path, defaults[i].key, defaults[i].str, defaults[i].num, defaults[i].is_bool));
     /* upcast_attention only changes fp16 runs (scores in f32): we always compute scores in f32 */
     c->time_embed_dim = 4 * c->block_out[0];
-    for (int i = 0; i < n; i++) {
+    return rb_unet_config_check(c, path);
+}
+
+rb_status rb_unet_config_check(const rb_unet_config *c, const char *path) {
+    if (c->n_blocks < 1 || c->n_blocks > RB_UNET_MAX_BLOCKS || c->layers_per_block < 1 ||
+        c->layers_per_block + 1 > RB_UNET_MAX_LAYERS)
+        return rb_error(RB_ERR_UNSUPPORTED, "%s: %d blocks of %d layers are not supported", path, c->n_blocks,
+                        c->layers_per_block);
+    for (int i = 0; i < c->n_blocks; i++) {
         int ch = c->block_out[i];
         if (ch < 1 || c->norm_groups < 1 || ch % c->norm_groups || c->heads[i] < 1 || ch % c->heads[i] ||
             c->transformer_layers[i] < 1 || c->transformer_layers[i] > 64)
             return rb_error(RB_ERR_FORMAT, "%s: block %d: %d channels do not fit %d groups / %d heads / %d layers",
                             path, i, ch, c->norm_groups, c->heads[i], c->transformer_layers[i]);
     }
-    if (c->in_channels < 1 || c->out_channels < 1 || c->cross_attention_dim < 1 || c->block_out[0] % 2)
+    if (c->in_channels < 1 || c->out_channels < 1 || c->cross_attention_dim < 1 || c->block_out[0] % 2 ||
+        c->time_embed_dim != 4 * c->block_out[0])
         return rb_error(RB_ERR_FORMAT, "%s: invalid in/out/cross_attention channels", path);
+    if (c->text_time && (c->addition_time_embed_dim < 1 || c->add_embed_in <= 6 * c->addition_time_embed_dim))
+        return rb_error(RB_ERR_FORMAT,
+                        "%s: text_time needs addition_time_embed_dim >= 1 and "
+                        "projection_class_embeddings_input_dim > 6 * addition_time_embed_dim",
+                        path);
     return RB_OK;
 }
 
@@ -445,41 +459,29 @@ static void load_param(void *user, const rb_unet_param *p) {
         rb_error_prefix(m->w.status, "UNet parameter %s", p->name);
 }
 
-/* Layout from the keys: diffusers (`conv_in.weight`) or original (`[prefix]input_blocks.0.0.weight`). */
-static rb_status detect_layout(rb_unet *m, const char *path) {
-    static const char *const prefixes[] = {"", "model.diffusion_model.", "unet.", "diffusion_model."};
-    char key[96];
-    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
-        snprintf(key, sizeof key, "%sconv_in.weight", prefixes[i]);
-        if (rb_weights_has(&m->w, key)) {
-            m->layout = RB_UNET_DIFFUSERS;
-            snprintf(m->prefix, sizeof m->prefix, "%s", prefixes[i]);
-            return RB_OK;
-        }
-        snprintf(key, sizeof key, "%sinput_blocks.0.0.weight", prefixes[i]);
-        if (rb_weights_has(&m->w, key)) {
-            m->layout = RB_UNET_SGM;
-            snprintf(m->prefix, sizeof m->prefix, "%s", prefixes[i]);
-            return RB_OK;
-        }
-    }
-    return rb_error(RB_ERR_FORMAT, "%s: no UNet found (neither conv_in.weight nor input_blocks.0.0.weight)", path);
-}
-
 rb_status rb_unet_load(rb_unet *m, const char *config_json, const char *weights) {
     rb_unet_config cfg;
+    rb_weights w;
+    rb_unet_layout layout;
+    char prefix[32];
     memset(m, 0, sizeof *m);
-    if (!config_json)
-        return rb_error(RB_ERR_UNSUPPORTED, "%s: UNet without config.json is not supported yet", weights);
-    RB_TRY(rb_unet_config_load(&cfg, config_json));
-    RB_TRY(rb_unet_init(m, &cfg));
-    rb_status s = rb_weights_open(&m->w, weights);
+    if (config_json)
+        RB_TRY(rb_unet_config_load(&cfg, config_json));
+    RB_TRY(rb_weights_open(&w, weights));
+    rb_status s = rb_unet_detect_layout(&w, &layout, prefix, sizeof prefix);
+    if (s == RB_OK && !config_json && (s = rb_unet_config_detect(&cfg, &w, layout, prefix)) == RB_OK)
+        s = rb_unet_config_check(&cfg, weights);
     if (s == RB_OK)
-        s = detect_layout(m, weights);
-    if (s == RB_OK) {
-        rb_unet_visit_params(m, load_param, m);
-        s = m->w.status;
+        s = rb_unet_init(m, &cfg);
+    if (s != RB_OK) {
+        rb_weights_close(&w);
+        return s;
     }
+    m->w = w; /* the weights struct holds no pointers into itself, so it can move */
+    m->layout = layout;
+    snprintf(m->prefix, sizeof m->prefix, "%s", prefix);
+    rb_unet_visit_params(m, load_param, m);
+    s = m->w.status;
     if (s != RB_OK)
         rb_unet_free(m);
     return s;
@@ -489,7 +491,10 @@ rb_status rb_unet_load_dir(rb_unet *m, const char *dir) {
     char cfg[4096], w[4096];
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
     snprintf(w, sizeof w, "%s/diffusion_pytorch_model.safetensors", dir);
-    return rb_unet_load(m, cfg, w);
+    FILE *f = fopen(cfg, "rb"); /* without config.json the config is detected from the shapes */
+    if (f)
+        fclose(f);
+    return rb_unet_load(m, f ? cfg : NULL, w);
 }
 
 int rb_unet_unused(const rb_unet *m, int max_print) {

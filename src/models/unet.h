@@ -45,6 +45,8 @@ typedef struct rb_unet_config {
 
 /* Reads a diffusers unet/config.json; unsupported variants fail with RB_ERR_UNSUPPORTED naming the key. */
 rb_status rb_unet_config_load(rb_unet_config *cfg, const char *path);
+/* Consistency of a config (channels vs groups/heads, sizes); `path` names it in messages. */
+rb_status rb_unet_config_check(const rb_unet_config *cfg, const char *path);
 
 /* ---- weights ---- */
 
@@ -108,7 +110,18 @@ typedef struct rb_unet {
 
 /* Builds the module structure (channels, names, processor order) from a config, without weights. */
 rb_status rb_unet_init(rb_unet *m, const rb_unet_config *cfg);
-/* config_json (diffusers) + weights (a .safetensors in either layout, detected from its keys). */
+/* Layout and key prefix of a checkpoint's UNet tensors: `conv_in.weight` -> diffusers,
+ * `input_blocks.0.0.weight` -> SGM/LDM, each optionally under `model.diffusion_model.`, `unet.` or
+ * `diffusion_model.`. */
+rb_status rb_unet_detect_layout(const rb_weights *w, rb_unet_layout *layout, char *prefix, size_t n);
+/* Config from tensor shapes (for a checkpoint without config.json). Shapes determine the blocks,
+ * widths, layers, transformer depths, cross-attention width, projection kind, in/out channels and
+ * the text_time input width; the rest follows the Stable Diffusion conventions: norm_num_groups 32,
+ * norm_eps 1e-5, flip_sin_to_cos, freq_shift 0, heads = C/64 (at least 1) with linear projections (SDXL/SD2) and 8
+ * with conv projections (SD 1.x), addition_time_embed_dim 256. Logs one line with the result. */
+rb_status rb_unet_config_detect(rb_unet_config *cfg, const rb_weights *w, rb_unet_layout layout,
+                                const char *prefix);
+/* config_json (diffusers; NULL: detect from tensor shapes) + weights (a .safetensors in either layout, detected from its keys). */
 rb_status rb_unet_load(rb_unet *m, const char *config_json, const char *weights);
 /* dir/config.json + dir/diffusion_pytorch_model.safetensors */
 rb_status rb_unet_load_dir(rb_unet *m, const char *dir);

@@ -13,6 +13,7 @@
  * The resnet and top-level modules are renamed by the tables below; everything inside a
  * Transformer2DModel keeps its diffusers name. This is the rule set of diffusers'
  * convert_diffusers_to_original_{stable_diffusion,sdxl}.py, written as data. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -97,4 +98,128 @@ rb_status rb_unet_map_key(const rb_unet_config *cfg, rb_unet_layout layout, cons
         (!strcmp(rest, "weight") || !strcmp(rest, "bias")))
         return EMIT("output_blocks.%d.%d.conv.%s", i * (L + 1) + L, cfg->up_attn[i] ? 2 : 1, rest);
     return rb_error(RB_ERR_INVALID, "'%s' is not a UNet parameter name", name);
+}
+
+/* ---- layout and config detection from the keys ---- */
+
+rb_status rb_unet_detect_layout(const rb_weights *w, rb_unet_layout *layout, char *prefix, size_t n) {
+    static const char *const prefixes[] = {"", "model.diffusion_model.", "unet.", "diffusion_model."};
+    char key[96];
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
+        for (int l = 0; l < 2; l++) {
+            snprintf(key, sizeof key, "%s%s", prefixes[i], l ? "input_blocks.0.0.weight" : "conv_in.weight");
+            if (rb_weights_has(w, key)) {
+                *layout = l ? RB_UNET_SGM : RB_UNET_DIFFUSERS;
+                snprintf(prefix, n, "%s", prefixes[i]);
+                return RB_OK;
+            }
+        }
+    }
+    return rb_error(RB_ERR_FORMAT, "%s: no UNet found (neither conv_in.weight nor input_blocks.0.0.weight)",
+                    w->st.path);
+}
+
+typedef struct {
+    const rb_weights *w;
+    const rb_unet_config *cfg;
+    rb_unet_layout layout;
+    const char *prefix;
+} peeker;
+
+/* The file's tensor for a diffusers name (shape only; not marked as used), or NULL. */
+static const rb_tensor *peek(const peeker *p, const char *fmt, ...) RB_PRINTF(2, 3);
+static const rb_tensor *peek(const peeker *p, const char *fmt, ...) {
+    char name[192], key[256], full[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (rb_unet_map_key(p->cfg, p->layout, name, key, sizeof key) != RB_OK)
+        return NULL;
+    snprintf(full, sizeof full, "%s%s", p->prefix, key);
+    return rb_st_get(&p->w->st, full);
+}
+
+static int depth_of(const peeker *p, const char *attn) {
+    int k = 0;
+    while (k < 64 && peek(p, "%s.transformer_blocks.%d.norm1.weight", attn, k))
+        k++;
+    return k;
+}
+
+rb_status rb_unet_config_detect(rb_unet_config *c, const rb_weights *w, rb_unet_layout layout, const char *prefix) {
+    memset(c, 0, sizeof *c);
+    peeker p = {w, c, layout, prefix};
+    const char *path = w->st.path;
+    c->n_blocks = RB_UNET_MAX_BLOCKS; /* provisional bounds for the name rules */
+    char key[128];
+    if (layout == RB_UNET_DIFFUSERS) { /* layers_per_block: resnets of the first down block */
+        while (c->layers_per_block < RB_UNET_MAX_LAYERS &&
+               peek(&p, "down_blocks.0.resnets.%d.conv1.weight", c->layers_per_block))
+            c->layers_per_block++;
+    } else { /* the first downsampler sits at input_blocks.{L+1} */
+        for (int k = 2; k <= RB_UNET_MAX_LAYERS && !c->layers_per_block; k++) {
+            snprintf(key, sizeof key, "%sinput_blocks.%d.0.op.weight", prefix, k);
+            if (rb_weights_has(w, key))
+                c->layers_per_block = k - 1;
+        }
+    }
+    if (c->layers_per_block < 1)
+        return rb_error(RB_ERR_FORMAT, "%s: cannot detect the UNet's layers_per_block from its keys", path);
+    int n = 0;
+    const rb_tensor *t;
+    while (n < RB_UNET_MAX_BLOCKS && (t = peek(&p, "down_blocks.%d.resnets.0.conv1.weight", n)) && t->ndim == 4)
+        c->block_out[n++] = (int)t->shape[0];
+    const rb_tensor *cin = peek(&p, "conv_in.weight"), *cout = peek(&p, "conv_out.weight");
+    const rb_tensor *temb = peek(&p, "time_embedding.linear_1.weight");
+    const rb_tensor *ck = peek(&p, "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight");
+    const rb_tensor *pin = peek(&p, "mid_block.attentions.0.proj_in.weight");
+    if (n < 1 || !cin || cin->ndim != 4 || !cout || cout->ndim != 4 || !temb || temb->ndim != 2 || !ck ||
+        ck->ndim != 2 || !pin)
+        return rb_error(RB_ERR_FORMAT, "%s: UNet keys incomplete: cannot detect its config", path);
+    c->n_blocks = n;
+    for (int i = 0; i < n; i++) {
+        c->down_attn[i] = peek(&p, "down_blocks.%d.attentions.0.norm.weight", i) != NULL;
+        c->up_attn[i] = peek(&p, "up_blocks.%d.attentions.0.norm.weight", i) != NULL;
+    }
+    for (int i = 0; i < n; i++) { /* depth from the down block, else from its mirror up block */
+        char a[64];
+        snprintf(a, sizeof a, c->down_attn[i] ? "down_blocks.%d.attentions.0" : "up_blocks.%d.attentions.0",
+                 c->down_attn[i] ? i : n - 1 - i);
+        c->transformer_layers[i] = c->down_attn[i] || c->up_attn[n - 1 - i] ? depth_of(&p, a) : 1;
+    }
+    int mid_depth = depth_of(&p, "mid_block.attentions.0");
+    if (!c->down_attn[n - 1] && !c->up_attn[0])
+        c->transformer_layers[n - 1] = mid_depth;
+    c->mid_attn = 1;
+    c->in_channels = (int)cin->shape[1];
+    c->out_channels = (int)cout->shape[0];
+    c->cross_attention_dim = (int)ck->shape[1];
+    c->use_linear_projection = pin->ndim == 2;
+    for (int i = 0; i < n; i++)
+        c->heads[i] = !c->use_linear_projection ? 8 : c->block_out[i] >= 64 ? c->block_out[i] / 64 : 1;
+    c->norm_groups = 32;
+    c->norm_eps = 1e-5f;
+    c->flip_sin_to_cos = 1;
+    c->freq_shift = 0;
+    c->time_embed_dim = (int)temb->shape[0];
+    const rb_tensor *add = peek(&p, "add_embedding.linear_1.weight");
+    if (add && add->ndim == 2) {
+        c->text_time = 1;
+        c->add_embed_in = (int)add->shape[1];
+        c->addition_time_embed_dim = 256;
+    }
+    char blocks[160] = "", *b = blocks;
+    for (int i = 0; i < n; i++)
+        b += snprintf(b, (size_t)(blocks + sizeof blocks - b), "%s%c%d/%dx%d", i ? " " : "",
+                      c->down_attn[i] ? 'A' : 'D', c->block_out[i], c->heads[i], c->transformer_layers[i]);
+    fprintf(stderr,
+            "relbooth: %s: no config.json, UNet detected from tensor shapes: %s layout, blocks [%s] "
+            "(A/D = cross-attn/plain, channels/heads x depth), %d layers, mid depth %d, context %d, %s proj%s\n",
+            path, layout == RB_UNET_SGM ? "SGM/LDM" : "diffusers", blocks, c->layers_per_block, mid_depth,
+            c->cross_attention_dim, c->use_linear_projection ? "linear" : "conv", c->text_time ? ", text_time" : "");
+    if (mid_depth != c->transformer_layers[n - 1])
+        return rb_error(RB_ERR_UNSUPPORTED, "%s: mid block depth %d differs from the last block's %d", path,
+                        mid_depth, c->transformer_layers[n - 1]);
+    return RB_OK;
 }
