@@ -229,7 +229,8 @@ rb_status rb_unet_forward(rb_ctx *c, const rb_unet *m, const rb_unet_in *in, rb_
             skips[ns++] = x;
         }
         if (b->sampler_w) { /* Downsample2D: 3x3 conv, stride 2, padding 1 */
-            x = rb_conv2d(c, x, b->sampler_w, b->sampler_b, 2, 2, 1, 1);
+            mk = rb_arena_mark(c->arena);
+            x = keep(c, mk, rb_conv2d(c, x, b->sampler_w, b->sampler_b, 2, 2, 1, 1));
             skips[ns++] = x;
         }
         if (in->collect)
