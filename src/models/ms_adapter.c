@@ -1,0 +1,146 @@
+#include "ms_adapter.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core/mem.h"
+
+rb_status rb_ms_adapter_load(rb_ms_adapter *a, const char *path, const rb_unet *unet, int dim_head) {
+    memset(a, 0, sizeof *a);
+    a->text_tokens = 77;
+    RB_TRY(rb_weights_open(&a->w, path));
+    rb_weights *w = &a->w;
+    rb_status s = rb_resampler_load(&a->resampler, w, "image_proj.", dim_head);
+    int64_t D = unet->cfg.cross_attention_dim;
+    if (s == RB_OK)
+        a->dummy_tokens = rb_weights_get(w, 1, 3, (int64_t[]){1, -1, D}, "dummy_image_tokens");
+    a->n_attn = unet->n_attn;
+    a->to_k_ip = rb_calloc((size_t)unet->n_attn * sizeof *a->to_k_ip, "MS adapter");
+    a->to_v_ip = rb_calloc((size_t)unet->n_attn * sizeof *a->to_v_ip, "MS adapter");
+    if (!a->to_k_ip || !a->to_v_ip)
+        s = RB_ERR_OOM;
+    for (int i = 0; s == RB_OK && i < unet->n_attn; i++) {
+        const rb_unet_attn *at = unet->attn[i];
+        if (!at->cross)
+            continue;
+        const int64_t shape[] = {at->dim, D};
+        a->to_k_ip[i] = rb_weights_get(w, 0, 2, shape, "ms_adapter.%d.to_k_ip.weight", i);
+        a->to_v_ip[i] = rb_weights_get(w, 0, 2, shape, "ms_adapter.%d.to_v_ip.weight", i);
+    }
+    if (s == RB_OK)
+        s = w->status;
+    if (s == RB_OK) {
+        a->num_dummy = (int)a->dummy_tokens->shape[1];
+        if (a->resampler.cfg.output_dim != D)
+            s = rb_error(RB_ERR_FORMAT, "%s: resampler output width %d differs from the UNet's cross-attention width %lld",
+                         path, a->resampler.cfg.output_dim, (long long)D);
+    }
+    if (s == RB_OK && rb_weights_unused(w, 5) > 0)
+        s = rb_error(RB_ERR_FORMAT, "%s: tensors the adapter does not use (listed above): not an MS-Diffusion adapter "
+                     "for this UNet?", path);
+    if (s != RB_OK)
+        rb_ms_adapter_free(a);
+    return s;
+}
+
+void rb_ms_adapter_free(rb_ms_adapter *a) {
+    rb_resampler_free(&a->resampler);
+    rb_free(a->to_k_ip);
+    rb_free(a->to_v_ip);
+    rb_weights_close(&a->w);
+    memset(a, 0, sizeof *a);
+}
+
+void rb_ms_box_cells(const float *box, int64_t h, int64_t w, int64_t *r0, int64_t *r1, int64_t *c0, int64_t *c1) {
+    int64_t v[4] = {(int64_t)floorf(box[0] * (float)w), (int64_t)ceilf(box[2] * (float)w),
+                    (int64_t)floorf(box[1] * (float)h), (int64_t)ceilf(box[3] * (float)h)};
+    int64_t lim[4] = {w, w, h, h};
+    for (int i = 0; i < 4; i++)
+        v[i] = v[i] < 0 ? 0 : v[i] > lim[i] ? lim[i] : v[i];
+    *c0 = v[0], *c1 = v[1], *r0 = v[2], *r1 = v[3];
+}
+
+/* Additive bias [B, 1, N, L] over the image tokens and the row mask [B, N, 1] (1 inside any box). */
+static rb_status box_masks(rb_ctx *c, const rb_ms_call *call, int64_t B, int64_t h, int64_t w, int64_t L,
+                           rb_tensor **bias, rb_tensor **rows) {
+    const int64_t N = h * w, nd = call->adapter->num_dummy, Q = (L - nd) / (call->n_subjects ? call->n_subjects : 1);
+    *bias = rb_ctx_tensor(c, RB_F32, 4, (int64_t[]){B, 1, N, L});
+    *rows = rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){B, N, 1});
+    if (!*bias || !*rows)
+        return c->status;
+    float *bp = (*bias)->data, *rp = (*rows)->data;
+    for (int64_t i = 0; i < B * N * L; i++)
+        bp[i] = -10000.0f;
+    memset(rp, 0, (size_t)(B * N) * sizeof *rp);
+    for (int64_t b = 0; b < B; b++) {
+        for (int j = 0; j < call->n_subjects; j++) {
+            int64_t r0, r1, c0, c1;
+            rb_ms_box_cells(call->boxes + (b * call->n_subjects + j) * 4, h, w, &r0, &r1, &c0, &c1);
+            for (int64_t y = r0; y < r1; y++)
+                for (int64_t x = c0; x < c1; x++) {
+                    int64_t p = y * w + x;
+                    rp[b * N + p] = 1.0f;
+                    float *row = bp + (b * N + p) * L + nd + j * Q;
+                    for (int64_t k = 0; k < Q; k++)
+                        row[k] = 0.0f;
+                }
+        }
+        for (int64_t p = 0; p < N; p++) /* dummy tokens only where no subject is */
+            if (rp[b * N + p] == 0.0f)
+                for (int64_t k = 0; k < nd; k++)
+                    bp[(b * N + p) * L + k] = 0.0f;
+    }
+    return RB_OK;
+}
+
+rb_tensor *rb_ms_attn2(rb_ctx *c, const rb_unet_attn *attn, rb_tensor *hidden, rb_tensor *context, int64_t height,
+                       int64_t width, void *user) {
+    const rb_ms_call *call = user;
+    const rb_ms_adapter *ad = call->adapter;
+    if (c->status != RB_OK)
+        return NULL;
+    int64_t B = context->shape[0], Lc = context->shape[1], T = ad->text_tokens;
+    int64_t L = Lc - T, Q = ad->resampler.cfg.num_queries;
+    if (Lc <= T || L != ad->num_dummy + (int64_t)call->n_subjects * Q || !ad->to_k_ip[attn->index])
+        return rb_ctx_error(c, RB_ERR_INVALID,
+                            "%s: MS-Diffusion context has %lld tokens; expected %lld text + %d dummy + %d x %lld image",
+                            attn->name, (long long)Lc, (long long)T, ad->num_dummy, call->n_subjects, (long long)Q);
+    rb_tensor *q = rb_linear(c, hidden, attn->to_q, NULL);
+    rb_tensor *text = rb_slice(c, context, 1, 0, T), *img = rb_slice(c, context, 1, T, Lc);
+    rb_tensor *out = rb_attention(c, q, rb_linear(c, text, attn->to_k, NULL), rb_linear(c, text, attn->to_v, NULL),
+                                  attn->heads, NULL, 0.0f);
+    rb_tensor *k_ip = rb_linear(c, img, ad->to_k_ip[attn->index], NULL);
+    rb_tensor *v_ip = rb_linear(c, img, ad->to_v_ip[attn->index], NULL);
+    float gamma = call->scale;
+    if (call->subject_scales && v_ip) {
+        /* scaling the probabilities of subject j's columns by s_j = scaling its values (dummy x 1) */
+        rb_tensor *sv = rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){1, L, 1});
+        if (!sv)
+            return NULL;
+        for (int64_t k = 0; k < L; k++)
+            ((float *)sv->data)[k] = k < ad->num_dummy ? 1.0f : call->subject_scales[(k - ad->num_dummy) / Q];
+        v_ip = rb_mul(c, v_ip, sv);
+        gamma = 1.0f;
+    }
+    rb_tensor *bias, *rows;
+    if (box_masks(c, call, B, height, width, L, &bias, &rows) != RB_OK)
+        return NULL;
+    rb_tensor *ip = rb_mul(c, rb_attention(c, q, k_ip, v_ip, attn->heads, bias, 0.0f), rows);
+    rb_tensor *h = rb_add(c, out, rb_scale(c, ip, gamma));
+    return rb_linear(c, h, attn->to_out_w, attn->to_out_b);
+}
+
+void rb_ms_procs(const rb_unet *unet, rb_ms_call *call, rb_unet_proc *procs) {
+    for (int i = 0; i < unet->n_attn; i++) {
+        procs[i].fn = unet->attn[i]->cross ? rb_ms_attn2 : NULL;
+        procs[i].user = call;
+    }
+}
+
+rb_tensor *rb_ms_image_tokens(rb_ctx *c, const rb_ms_adapter *a, rb_tensor *tokens) {
+    if (!tokens)
+        return NULL;
+    int64_t D = a->dummy_tokens->shape[2];
+    rb_tensor *flat = rb_reshape(c, tokens, 3, (int64_t[]){1, -1, D});
+    return rb_concat(c, (rb_tensor *[]){a->dummy_tokens, flat}, 2, 1);
+}
