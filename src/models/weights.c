@@ -22,7 +22,7 @@ rb_status rb_weights_open(rb_weights *w, const char *path) {
         w->n = w->torch.n;
     } else {
         RB_TRY(rb_st_open(&w->st, path));
-        w->path = w->path;
+        w->path = w->st.path;
         w->n = w->st.n;
     }
     w->names = rb_calloc(((size_t)w->n + 1) * sizeof *w->names, "weights");
