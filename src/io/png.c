@@ -5,16 +5,14 @@
  * a context struct owned by their caller (not in locals of the function that called setjmp, whose
  * values would be indeterminate after the longjmp), and the caller frees it on every path. */
 #include <errno.h>
-#include <fcntl.h>
-#include <libgen.h>
 #include <png.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/file.h"
 #include "core/mem.h"
 #include "io/image_codec.h"
 
@@ -214,19 +212,6 @@ static rb_status write_run(png_job *j, const rb_image *img, int n_text, const ch
     return RB_OK;
 }
 
-/* Makes the rename itself durable; failure here is not worth failing the write for. */
-static void sync_parent_dir(const char *path, size_t len) {
-    char dir[4096];
-    if (len >= sizeof dir)
-        return;
-    memcpy(dir, path, len + 1);
-    int fd = open(dirname(dir), O_RDONLY | O_DIRECTORY);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-}
-
 rb_status rb_png_write(const char *path, const rb_image *img, int n_text, const char *const *keys,
                        const char *const *values) {
     if (!path || !*path || !img || !img->data)
@@ -245,28 +230,17 @@ rb_status rb_png_write(const char *path, const rb_image *img, int n_text, const 
             return rb_error(RB_ERR_INVALID, "%s: PNG text value for \"%s\" is missing", path, keys[i]);
     }
 
-    /* Same folder as the target so that rename() is atomic (no cross-device move). */
-    size_t len = strlen(path), tlen;
-    if (!rb_add_size(len, 16, &tlen))
-        return rb_error(RB_ERR_INVALID, "rb_png_write: path too long");
-    char *tmp = rb_alloc(tlen, "PNG temp path");
-    if (!tmp)
-        return RB_ERR_OOM;
-    snprintf(tmp, tlen, "%s.tmp-XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        rb_status s = rb_error(RB_ERR_IO, "%s: cannot create a temporary file next to it: %s", path, strerror(errno));
-        rb_free(tmp);
-        return s;
-    }
-    (void)fchmod(fd, 0644); /* mkstemp makes 0600; an image is not a secret */
-
+    rb_atomic_file af;
+    RB_TRY(rb_atomic_open(&af, path));
     png_job j = {.name = path};
     rb_status s = RB_OK;
-    j.f = fdopen(fd, "wb");
+    /* libpng writes through stdio on a duplicate of the descriptor; commit syncs and closes the original */
+    int fd2 = dup(af.fd);
+    j.f = fd2 >= 0 ? fdopen(fd2, "wb") : NULL;
     if (!j.f) {
-        s = rb_error(RB_ERR_IO, "%s: %s", tmp, strerror(errno));
-        close(fd);
+        s = rb_error(RB_ERR_IO, "%s: %s", path, strerror(errno));
+        if (fd2 >= 0)
+            close(fd2);
     } else {
         j.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &j, on_error, on_warning);
         if (!j.png || !(j.info = png_create_info_struct(j.png)))
@@ -275,17 +249,8 @@ rb_status rb_png_write(const char *path, const rb_image *img, int n_text, const 
             s = write_run(&j, img, n_text, keys, values);
         png_destroy_write_struct(&j.png, &j.info);
         rb_free(j.text);
-        if (s == RB_OK && (fflush(j.f) != 0 || fsync(fileno(j.f)) != 0))
-            s = rb_error(RB_ERR_IO, "%s: %s", path, strerror(errno));
         if (fclose(j.f) != 0 && s == RB_OK)
             s = rb_error(RB_ERR_IO, "%s: %s", path, strerror(errno));
     }
-    if (s == RB_OK && rename(tmp, path) != 0)
-        s = rb_error(RB_ERR_IO, "%s: cannot rename the temporary file into place: %s", path, strerror(errno));
-    if (s != RB_OK)
-        unlink(tmp);
-    else
-        sync_parent_dir(path, len);
-    rb_free(tmp);
-    return s;
+    return rb_atomic_commit(&af, s);
 }

@@ -7,14 +7,11 @@
  * handed out. */
 #include "safetensors.h"
 
-#include <errno.h>
-#include <fcntl.h>
+#include "core/file.h"
+
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "core/mem.h"
 
@@ -251,29 +248,13 @@ rb_status rb_st_open_mem(rb_safetensors *f, const void *bytes, size_t n, const c
 
 rb_status rb_st_open(rb_safetensors *f, const char *path) {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return rb_error(RB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return rb_error(RB_ERR_IO, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    void *map = NULL;
-    if (size >= 8) {
-        map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            close(fd);
-            return rb_error(RB_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
-        }
-    }
-    close(fd);
+    void *map;
+    size_t size;
+    RB_TRY(rb_map_file(path, &map, &size));
     static const uint8_t empty[1];
-    rb_status st = rb_st_open_mem(f, map ? map : empty, map ? size : (size_t)sb.st_size, path);
+    rb_status st = rb_st_open_mem(f, map ? map : empty, size, path);
     if (st != RB_OK) {
-        if (map)
-            munmap(map, size);
+        rb_unmap_file(map, size);
         return st;
     }
     f->owns_map = map != NULL;
@@ -294,8 +275,8 @@ void rb_st_close(rb_safetensors *f) {
     free(f->meta_values);
     free(f->by_name);
     rb_free(f->aligned);
-    if (f->owns_map && f->map)
-        munmap(f->map, f->map_size);
+    if (f->owns_map)
+        rb_unmap_file(f->map, f->map_size);
     free(f->path);
     memset(f, 0, sizeof *f);
 }
@@ -323,29 +304,15 @@ const char *rb_st_meta(const rb_safetensors *f, const char *key) {
 
 /* ---- writing ---- */
 
-static rb_status write_all(int fd, const void *p, size_t n, const char *path) {
-    const char *c = p;
-    while (n) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return rb_error(RB_ERR_IO, "%s: write failed: %s", path, w < 0 ? strerror(errno) : "no progress");
-        c += w;
-        n -= (size_t)w;
-    }
-    return RB_OK;
-}
-
 /* Writes a (possibly strided) tensor's elements in row-major order through a 1 MB buffer. */
-static rb_status write_tensor(int fd, const rb_tensor *t, const char *path) {
+static rb_status write_tensor(rb_atomic_file *af, const rb_tensor *t) {
     size_t bytes = rb_nbytes(t);
     if (rb_is_contiguous(t))
-        return write_all(fd, t->data, bytes, path);
+        return rb_atomic_write(af, t->data, bytes);
     size_t es = rb_dtype_size(t->dtype), cap = (1u << 20) / es * es;
     char *buf = malloc(cap);
     if (!buf)
-        return rb_error(RB_ERR_OOM, "%s: out of memory for the write buffer", path);
+        return rb_error(RB_ERR_OOM, "%s: out of memory for the write buffer", af->path);
     int64_t idx[RB_MAX_DIMS] = {0}, n = rb_numel(t);
     size_t fill = 0;
     rb_status st = RB_OK;
@@ -361,7 +328,7 @@ static rb_status write_tensor(int fd, const rb_tensor *t, const char *path) {
             idx[d] = 0;
         }
         if (fill == cap || i == n - 1) {
-            st = write_all(fd, buf, fill, path);
+            st = rb_atomic_write(af, buf, fill);
             fill = 0;
         }
     }
@@ -435,10 +402,8 @@ rb_status rb_st_write(const char *path, int n, const char *const *names, const r
         return st;
     size_t jlen = strlen(json), padded = (jlen + 7) & ~(size_t)7;
     char *hdr = malloc(8 + padded);
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    if (!hdr || !tmp) {
-        free(json), free(hdr), free(tmp);
+    if (!hdr) {
+        free(json);
         return rb_error(RB_ERR_OOM, "%s: out of memory", path);
     }
     for (int i = 0; i < 8; i++)
@@ -446,42 +411,14 @@ rb_status rb_st_write(const char *path, int n, const char *const *names, const r
     memcpy(hdr + 8, json, jlen);
     memset(hdr + 8 + jlen, ' ', padded - jlen);
     free(json);
-
-    /* temp file in the same folder, so the rename is atomic */
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        st = rb_error(RB_ERR_IO, "%s: cannot create a temporary file: %s", path, strerror(errno));
-        free(hdr), free(tmp);
-        return st;
-    }
-    mode_t um = umask(022);
-    umask(um);
-    st = fchmod(fd, 0666 & ~um) ? rb_error(RB_ERR_IO, "%s: chmod: %s", tmp, strerror(errno)) : RB_OK;
-    if (st == RB_OK)
-        st = write_all(fd, hdr, 8 + padded, path);
-    for (int i = 0; i < n && st == RB_OK; i++)
-        st = write_tensor(fd, tensors[i], path);
-    if (st == RB_OK && fsync(fd) != 0)
-        st = rb_error(RB_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-    if (close(fd) != 0 && st == RB_OK)
-        st = rb_error(RB_ERR_IO, "%s: close failed: %s", path, strerror(errno));
-    if (st == RB_OK && rename(tmp, path) != 0)
-        st = rb_error(RB_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
-    if (st != RB_OK) {
-        unlink(tmp);
-    } else {
-        /* make the rename itself durable */
-        char *slash = strrchr(tmp, '/');
-        if (slash)
-            slash[slash == tmp ? 1 : 0] = 0;
-        int dfd = open(slash ? tmp : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
+    rb_atomic_file af;
+    st = rb_atomic_open(&af, path);
+    if (st == RB_OK) {
+        st = rb_atomic_write(&af, hdr, 8 + padded);
+        for (int i = 0; i < n && st == RB_OK; i++)
+            st = write_tensor(&af, tensors[i]);
+        st = rb_atomic_commit(&af, st);
     }
     free(hdr);
-    free(tmp);
     return st;
 }

@@ -1,13 +1,10 @@
 /* torch.save files: zip and legacy containers around a restricted pickle (see torchfile.h). */
 #include "torchfile.h"
 
-#include <errno.h>
-#include <fcntl.h>
+#include "core/file.h"
+
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "core/mem.h"
 #include "pickle.h"
@@ -411,22 +408,14 @@ rb_status rb_torch_open_mem(rb_torchfile *f, const void *bytes, size_t n, const 
 
 rb_status rb_torch_open(rb_torchfile *f, const char *path) {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return rb_error(RB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size == 0) {
-        close(fd);
-        return rb_error(RB_ERR_FORMAT, "%s: not a regular, non-empty file", path);
-    }
-    size_t size = (size_t)sb.st_size;
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED)
-        return rb_error(RB_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
+    void *map;
+    size_t size;
+    RB_TRY(rb_map_file(path, &map, &size));
+    if (!map)
+        return rb_error(RB_ERR_FORMAT, "%s: empty file", path);
     rb_status st = rb_torch_open_mem(f, map, size, path);
     if (st != RB_OK) {
-        munmap(map, size);
+        rb_unmap_file(map, size);
         return st;
     }
     f->owns_map = 1;
@@ -449,7 +438,7 @@ void rb_torch_close(rb_torchfile *f) {
     free(f->scalars);
     free(f->prefix);
     if (f->owns_map)
-        munmap(f->map, f->map_size);
+        rb_unmap_file(f->map, f->map_size);
     free(f->path);
     memset(f, 0, sizeof *f);
 }

@@ -1,4 +1,5 @@
-/* A checkpoint opened for a model: typed, shape-checked access to its tensors by name, with a
+/* A checkpoint opened for a model (safetensors, or a PyTorch zip/legacy file read by the restricted
+ * unpickler, told apart by content): typed, shape-checked access to its tensors by name, with a
  * record of which keys were used so that loaders can report the rest. Errors are sticky (the first
  * one is kept and later gets return NULL), so a loader reads like a list of its parameters and checks
  * once at the end. */
@@ -7,9 +8,16 @@
 
 #include "core/strmap.h"
 #include "io/safetensors.h"
+#include "io/torchfile.h"
 
 typedef struct rb_weights {
-    rb_safetensors st;
+    const char *path;
+    rb_safetensors st;    /* one of st / torch is open */
+    rb_torchfile torch;
+    int is_torch;
+    int n;                /* tensors of the file, in file order */
+    const char **names;
+    const rb_tensor **tensors;
     rb_strmap index;      /* name -> entry */
     unsigned char *used;  /* per entry */
     rb_tensor *owned;     /* headers (and f32 copies) made by rb_weights_get */
