@@ -6,6 +6,9 @@
 
 #include <unistd.h>
 
+#include "io/image.h"
+#include "models/image_processor.h"
+
 static void compare(const char *what, const rb_tensor *got, const rb_tensor *want, float atol) {
     REQUIRE(got && want, "%s: missing", what);
     REQUIRE(rb_numel(got) == rb_numel(want) && rb_is_contiguous(got), "%s: %lld vs %lld elements", what,
@@ -16,13 +19,50 @@ static void compare(const char *what, const rb_tensor *got, const rb_tensor *wan
     fprintf(stderr, "  %-28s max |diff| %.3g (atol %.3g)\n", what, md, atol);
 }
 
-/* the transformers golden outputs of `m` on io's pixel_values */
-static void check_hf_outputs(const rb_clip_vision *m, const rb_safetensors *io) {
+/* pixel_values [n, 3, H, W] of the PNGs `names` in `img_dir` through preprocessor_config.json
+ * `cfg_path` (models/image_processor.h); malloc'd, NULL on failure (check failed). */
+static float *pixels_from_pngs(const char *cfg_path, const char *img_dir, const char *const *names, int n,
+                               int64_t shape[4]) {
+    rb_preprocess_config cfg;
+    if (rb_preprocess_config_load(&cfg, cfg_path) != RB_OK) {
+        CHECK(0, "%s", rb_last_error());
+        return NULL;
+    }
+    float *px = NULL;
+    for (int i = 0; i < n; i++) {
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", img_dir, names[i]);
+        rb_image img;
+        int h = 0, w = 0;
+        rb_status s = rb_image_load(&img, path, 0);
+        if (s == RB_OK) {
+            s = rb_preprocess_output_size(&cfg, img.width, img.height, &h, &w);
+            if (s == RB_OK && !px) {
+                shape[0] = n, shape[1] = 3, shape[2] = h, shape[3] = w;
+                px = malloc(sizeof(float) * (size_t)n * 3 * (size_t)h * (size_t)w);
+            }
+            if (s == RB_OK && (!px || h != shape[2] || w != shape[3]))
+                s = RB_ERR_INVALID;
+            if (s == RB_OK)
+                s = rb_image_preprocess(&img, &cfg, px + (size_t)i * 3 * (size_t)h * (size_t)w);
+            rb_image_free(&img);
+        }
+        if (s != RB_OK) {
+            CHECK(0, "%s: %s", path, rb_last_error());
+            free(px);
+            return NULL;
+        }
+    }
+    return px;
+}
+
+/* the transformers golden outputs of `m` on `pixels` (NULL: io's pixel_values) */
+static void check_hf_outputs(const rb_clip_vision *m, const rb_safetensors *io, rb_tensor *pixels) {
     rb_arena arena;
     rb_arena_init(&arena, 64 << 20, "clip vision test");
     rb_ctx c;
     rb_ctx_init(&c, &arena);
-    rb_tensor px = *rb_st_get(io, "pixel_values");
+    rb_tensor px = pixels ? *pixels : *rb_st_get(io, "pixel_values");
     rb_clip_vision_out out;
     rb_status s = rb_clip_vision_forward(&c, m, &px, 1, &out);
     CHECK(s == RB_OK, "forward: %s", rb_last_error());
@@ -52,7 +92,7 @@ static void t_clip_vision_hf(void) {
     CHECK(m.cfg.act == RB_ACT_GELU && m.cfg.heads == 4 && m.cfg.projection_dim == 16, "config");
     rb_safetensors io;
     if (rb_st_open(&io, io_path) == RB_OK) {
-        check_hf_outputs(&m, &io);
+        check_hf_outputs(&m, &io, NULL);
         rb_st_close(&io);
     } else {
         CHECK(0, "%s", rb_last_error());
@@ -149,7 +189,7 @@ static void t_clip_vision_open_clip_layout(void) {
     snprintf(path, sizeof path, "%s/io.safetensors", dir);
     rb_safetensors io;
     if (rb_st_open(&io, path) == RB_OK) {
-        check_hf_outputs(&m, &io);
+        check_hf_outputs(&m, &io, NULL);
         rb_st_close(&io);
     } else {
         CHECK(0, "%s", rb_last_error());
@@ -163,41 +203,31 @@ static void t_clip_vision_open_clip_layout(void) {
  * path of DreamRelation's local-token encoder (position grid 4x4 -> 16x16, blocks 0..L-2, the last
  * block without attention, ln_post on the patch tokens) assembled from the building blocks
  * reproduces dense_ln_post_output. Also HF CLIP hidden_states[-2] on that input = global_tokens. */
-static void t_open_clip_checkpoint(void) {
-    const char *g = t_golden_path("local_tokens");
-    if (!g)
-        return;
-    char dir[4096], cfg[4200], st[4200], io_path[4200];
-    snprintf(dir, sizeof dir, "%s", g);
-    snprintf(cfg, sizeof cfg, "%s/open_clip_config.json", dir);
-    snprintf(st, sizeof st, "%s/open_clip.safetensors", dir);
-    snprintf(io_path, sizeof io_path, "%s/io.safetensors", dir);
+/* the dense path on one of the three files holding the same open_clip model */
+static void dense_path(const char *cfg, const char *ckpt, const char *prefix, const rb_safetensors *io) {
     static rb_clip_vision m;
-    REQUIRE(rb_clip_vision_load_open_clip(&m, cfg, st) == RB_OK, "load: %s", rb_last_error());
+    REQUIRE(rb_clip_vision_load_open_clip(&m, cfg, ckpt) == RB_OK, "load %s: %s", ckpt, rb_last_error());
     int visual_unused = 0;
-    for (int i = 0; i < m.w.st.n; i++)
-        visual_unused += !m.w.used[i] && !strncmp(m.w.st.entries[i].name, "visual.", 7);
-    CHECK(visual_unused == 0, "%d visual.* keys unused", visual_unused);
+    size_t np = strlen(prefix);
+    for (int i = 0; i < m.w.n; i++)
+        visual_unused += !m.w.used[i] && !strncmp(m.w.names[i], prefix, np);
+    CHECK(visual_unused == 0, "%s: %d %s* keys unused", ckpt, visual_unused, prefix);
     CHECK(m.cfg.image_size == 56 && m.cfg.heads == 4 && m.cfg.intermediate == 128 && m.cfg.projection_dim == 16,
           "config");
-    rb_safetensors io;
-    REQUIRE(rb_st_open(&io, io_path) == RB_OK, "%s", rb_last_error());
     rb_arena arena;
     rb_arena_init(&arena, 64 << 20, "open_clip test");
     rb_ctx c;
     rb_ctx_init(&c, &arena);
     /* position grid: [1 + 16, D] -> class entry + bicubic 4x4 -> 16x16 */
     int64_t D = m.cfg.hidden, n = 4, G = 16;
-    rb_tensor grid;
+    rb_tensor grid, cls_pe;
     rb_view_slice(&grid, m.pos_emb, 0, 1, 1 + n * n);
+    rb_view_slice(&cls_pe, m.pos_emb, 0, 0, 1);
     rb_tensor *planes = rb_permute(&c, rb_reshape(&c, &grid, 4, (int64_t[]){1, n, n, D}), (int[]){0, 3, 1, 2});
     rb_tensor *up = rb_permute(&c, rb_interpolate_bicubic(&c, planes, G, G), (int[]){0, 2, 3, 1});
-    rb_tensor cls_pe;
-    rb_view_slice(&cls_pe, m.pos_emb, 0, 0, 1);
     rb_tensor *pos = rb_concat(&c, (rb_tensor *[]){&cls_pe, rb_reshape(&c, up, 2, (int64_t[]){G * G, D})}, 2, 0);
-    REQUIRE(pos, "pos: %s", rb_last_error());
-    compare("interpolated_positional_emb.", pos, rb_st_get(&io, "interpolated_positional_embedding"), 7.3e-7f);
-    rb_tensor px = *rb_st_get(&io, "pixel_values");
+    compare("interpolated_positional_emb.", pos, rb_st_get(io, "interpolated_positional_embedding"), 7.3e-7f);
+    rb_tensor px = *rb_st_get(io, "pixel_values");
     rb_tensor *x = rb_clip_vision_embed(&c, &m, &px, pos);
     x = rb_layer_norm(&c, x, m.pre_ln_w, m.pre_ln_b, m.cfg.layer_norm_eps);
     for (int i = 0; i < m.cfg.layers - 1; i++)
@@ -210,17 +240,46 @@ static void t_open_clip_checkpoint(void) {
     rb_tensor *h = rb_gelu(&c, rb_linear(&c, rb_layer_norm(&c, x, L->ln2_w, L->ln2_b, eps), L->fc1_w, L->fc1_b), 0);
     x = rb_add(&c, x, rb_linear(&c, h, L->fc2_w, L->fc2_b));
     x = rb_layer_norm(&c, rb_slice(&c, x, 1, 1, 1 + G * G), m.post_ln_w, m.post_ln_b, eps);
-    REQUIRE(x, "dense path: %s", rb_last_error());
-    compare("dense_ln_post_output", x, rb_st_get(&io, "dense_ln_post_output"), 3.6e-5f);
+    CHECK(x, "dense path: %s", rb_last_error());
+    if (x)
+        compare("dense_ln_post_output", x, rb_st_get(io, "dense_ln_post_output"), 3.6e-5f);
     rb_arena_free(&arena);
     rb_clip_vision_free(&m);
+}
+
+/* The real open_clip checkpoint of golden/local_tokens, as safetensors, as torch.save(state_dict) and
+ * as the DDP training checkpoint: every vision key used, and the dense path of DreamRelation's
+ * local-token encoder (position grid 4x4 -> 16x16, blocks 0..L-2, the last block without attention,
+ * ln_post on the patch tokens) assembled from the building blocks reproduces dense_ln_post_output.
+ * Also HF CLIP hidden_states[-2] on that input = global_tokens. */
+static void t_open_clip_checkpoint(void) {
+    const char *g = t_golden_path("local_tokens");
+    if (!g)
+        return;
+    char dir[4096], cfg[4200], ckpt[4200], io_path[4200];
+    snprintf(dir, sizeof dir, "%s", g);
+    snprintf(cfg, sizeof cfg, "%s/open_clip_config.json", dir);
+    snprintf(io_path, sizeof io_path, "%s/io.safetensors", dir);
+    rb_safetensors io;
+    REQUIRE(rb_st_open(&io, io_path) == RB_OK, "%s", rb_last_error());
+    static const char *const files[][2] = {{"open_clip.safetensors", "visual."},
+                                           {"open_clip_state_dict.pt", "visual."},
+                                           {"open_clip_epoch_6_module.pt", "state_dict.module.visual."}};
+    for (int i = 0; i < 3; i++) {
+        snprintf(ckpt, sizeof ckpt, "%s/%s", dir, files[i][0]);
+        dense_path(cfg, ckpt, files[i][1], &io);
+    }
 
     /* global tokens: the HF model (image_encoder -> ../clip_vision) on the same pixels */
+    static rb_clip_vision m;
     snprintf(cfg, sizeof cfg, "%s/image_encoder", dir);
     t_resolve(cfg, dir, sizeof dir);
     if (rb_clip_vision_load(&m, dir) == RB_OK) {
+        rb_arena arena;
         rb_arena_init(&arena, 64 << 20, "open_clip test");
+        rb_ctx c;
         rb_ctx_init(&c, &arena);
+        rb_tensor px = *rb_st_get(&io, "pixel_values");
         rb_clip_vision_out out;
         CHECK(rb_clip_vision_forward(&c, &m, &px, 0, &out) == RB_OK, "forward: %s", rb_last_error());
         compare("global_tokens", out.penultimate, rb_st_get(&io, "global_tokens"), 3.9e-5f);
@@ -230,6 +289,37 @@ static void t_open_clip_checkpoint(void) {
         CHECK(0, "load %s: %s", dir, rb_last_error());
     }
     rb_st_close(&io);
+}
+
+/* End to end from the PNGs (RGB, RGBA, exact size) through the CLIPImageProcessor settings of
+ * preprocessor_config.json: same outputs, same tolerances. */
+static void t_clip_vision_from_pngs(void) {
+    const char *g = t_golden_path("clip_vision");
+    if (!g)
+        return;
+    char dir[4096], path[4200], img_dir[4200];
+    snprintf(dir, sizeof dir, "%s", g);
+    snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
+    snprintf(img_dir, sizeof img_dir, "%s/images", dir);
+    static const char *const names[] = {"img0_300x200_rgb.png", "img1_180x240_rgba.png", "img2_224x224_rgb.png"};
+    int64_t shape[4];
+    float *px = pixels_from_pngs(path, img_dir, names, 3, shape);
+    if (!px)
+        return;
+    rb_tensor t = rb_tensor_wrap(px, RB_F32, 4, shape);
+    static rb_clip_vision m;
+    snprintf(path, sizeof path, "%s/io.safetensors", dir);
+    rb_safetensors io;
+    if (rb_clip_vision_load(&m, dir) == RB_OK && rb_st_open(&io, path) == RB_OK) {
+        /* the processor's own golden bound (case.md: float32 re-normalisation within 4.8e-07) */
+        compare("pixel_values", &t, rb_st_get(&io, "pixel_values"), 1e-6f);
+        check_hf_outputs(&m, &io, &t);
+        rb_st_close(&io);
+        rb_clip_vision_free(&m);
+    } else {
+        CHECK(0, "%s", rb_last_error());
+    }
+    free(px);
 }
 
 static void t_clip_vision_errors(void) {
@@ -272,6 +362,7 @@ int main(void) {
     RUN(t_clip_vision_hf);
     RUN(t_clip_vision_open_clip_layout);
     RUN(t_open_clip_checkpoint);
+    RUN(t_clip_vision_from_pngs);
     RUN(t_clip_vision_errors);
     return t_done();
 }

@@ -6,6 +6,9 @@
 
 #include <unistd.h>
 
+#include "io/image.h"
+#include "models/image_processor.h"
+
 static void compare(const char *what, const rb_tensor *got, const rb_tensor *want, float atol) {
     REQUIRE(got && want, "%s: missing", what);
     REQUIRE(rb_numel(got) == rb_numel(want) && rb_is_contiguous(got), "%s: %lld vs %lld elements", what,
@@ -14,6 +17,43 @@ static void compare(const char *what, const rb_tensor *got, const rb_tensor *wan
     int ok = t_allclose(got->data, want->data, (size_t)rb_numel(want), atol, 0, &md);
     CHECK(ok, "%s: max |diff| %g > %g", what, md, atol);
     fprintf(stderr, "  %-40s max |diff| %.3g (atol %.3g)\n", what, md, atol);
+}
+
+/* pixel_values [n, 3, H, W] of the PNGs `names` in `img_dir` through preprocessor_config.json
+ * `cfg_path` (models/image_processor.h); malloc'd, NULL on failure (check failed). */
+static float *pixels_from_pngs(const char *cfg_path, const char *img_dir, const char *const *names, int n,
+                               int64_t shape[4]) {
+    rb_preprocess_config cfg;
+    if (rb_preprocess_config_load(&cfg, cfg_path) != RB_OK) {
+        CHECK(0, "%s", rb_last_error());
+        return NULL;
+    }
+    float *px = NULL;
+    for (int i = 0; i < n; i++) {
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", img_dir, names[i]);
+        rb_image img;
+        int h = 0, w = 0;
+        rb_status s = rb_image_load(&img, path, 0);
+        if (s == RB_OK) {
+            s = rb_preprocess_output_size(&cfg, img.width, img.height, &h, &w);
+            if (s == RB_OK && !px) {
+                shape[0] = n, shape[1] = 3, shape[2] = h, shape[3] = w;
+                px = malloc(sizeof(float) * (size_t)n * 3 * (size_t)h * (size_t)w);
+            }
+            if (s == RB_OK && (!px || h != shape[2] || w != shape[3]))
+                s = RB_ERR_INVALID;
+            if (s == RB_OK)
+                s = rb_image_preprocess(&img, &cfg, px + (size_t)i * 3 * (size_t)h * (size_t)w);
+            rb_image_free(&img);
+        }
+        if (s != RB_OK) {
+            CHECK(0, "%s: %s", path, rb_last_error());
+            free(px);
+            return NULL;
+        }
+    }
+    return px;
 }
 
 /* cosine of two rows in double (the metric's score, computed independently of the library) */
@@ -33,7 +73,9 @@ typedef struct {
     float tol_emb, tol_last, tol_cls, tol_pos, tol_cos;
 } dino_case;
 
-static void run_case(const dino_case *k) {
+/* from_pngs: pixel_values from the images of case clip_vision through the case's
+ * preprocessor_config.json (ViTImageProcessor / BitImageProcessor) instead of the golden tensor */
+static void run_case(const dino_case *k, int from_pngs) {
     char rel[64];
     snprintf(rel, sizeof rel, "dino/%s", k->name);
     const char *g = t_golden_path(rel);
@@ -55,6 +97,21 @@ static void run_case(const dino_case *k) {
     char key[128];
 #define IO(suffix) (snprintf(key, sizeof key, "%s.%s", k->name, suffix), rb_st_get(&io, key))
     rb_tensor px = *IO("pixel_values");
+    float *buf = NULL;
+    if (from_pngs) {
+        char cfg_path[4200], img_dir[4200];
+        static const char *const names[] = {"img0_300x200_rgb.png", "img1_180x240_rgba.png"};
+        int64_t shape[4];
+        snprintf(cfg_path, sizeof cfg_path, "%s/preprocessor_config.json", dir);
+        const char *gi = t_golden_path("clip_vision/images");
+        snprintf(img_dir, sizeof img_dir, "%s", gi ? gi : "");
+        buf = pixels_from_pngs(cfg_path, img_dir, names, 2, shape);
+        if (buf) {
+            rb_tensor t = rb_tensor_wrap(buf, RB_F32, 4, shape);
+            compare("pixel_values", &t, &px, 1e-6f);
+            px = t;
+        }
+    }
     rb_dino_out out;
     rb_status s = rb_dino_forward(&c, &m, &px, &out);
     CHECK(s == RB_OK, "forward: %s", rb_last_error());
@@ -80,6 +137,7 @@ static void run_case(const dino_case *k) {
               lib ? *(float *)lib->data : -2.0f, want);
     }
 #undef IO
+    free(buf);
     rb_arena_free(&arena);
     rb_st_close(&io);
     rb_dino_free(&m);
@@ -87,10 +145,16 @@ static void run_case(const dino_case *k) {
 
 /* atol = 10 x fp32-vs-fp64 of case.md */
 static void t_dino_vit(void) {
-    run_case(&(dino_case){"vit", RB_DINO_VIT, 5.3e-5f, 2.4e-5f, 8.8e-6f, 0, 1.4e-7f});
+    run_case(&(dino_case){"vit", RB_DINO_VIT, 5.3e-5f, 2.4e-5f, 8.8e-6f, 0, 1.4e-7f}, 0);
+}
+static void t_dino_vit_from_pngs(void) {
+    run_case(&(dino_case){"vit", RB_DINO_VIT, 5.3e-5f, 2.4e-5f, 8.8e-6f, 0, 1.4e-7f}, 1);
 }
 static void t_dinov2(void) {
-    run_case(&(dino_case){"dinov2", RB_DINO_V2, 5.2e-5f, 4.4e-5f, 8.1e-6f, 3.4e-5f, 9.2e-7f});
+    run_case(&(dino_case){"dinov2", RB_DINO_V2, 5.2e-5f, 4.4e-5f, 8.1e-6f, 3.4e-5f, 9.2e-7f}, 0);
+}
+static void t_dinov2_from_pngs(void) {
+    run_case(&(dino_case){"dinov2", RB_DINO_V2, 5.2e-5f, 4.4e-5f, 8.1e-6f, 3.4e-5f, 9.2e-7f}, 1);
 }
 
 /* The position grid at the checkpoint's own square size is returned as is; other grids follow the
@@ -146,6 +210,8 @@ static void t_dino_errors(void) {
 int main(void) {
     RUN(t_dino_vit);
     RUN(t_dinov2);
+    RUN(t_dino_vit_from_pngs);
+    RUN(t_dinov2_from_pngs);
     RUN(t_dinov2_positions);
     RUN(t_dino_errors);
     return t_done();

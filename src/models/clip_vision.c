@@ -244,10 +244,13 @@ rb_status rb_clip_vision_load_open_clip(rb_clip_vision *m, const char *config_pa
     memset(m, 0, sizeof *m);
     RB_TRY(load_open_clip_config(&m->cfg, config_path));
     RB_TRY(rb_weights_open(&m->w, weights_path));
-    static const char *const prefixes[] = {"visual.", "module.visual.", ""};
+    /* a CLIP state dict, a DDP one, a training checkpoint {"state_dict": {"module.visual...."}} (a
+     * PyTorch file: nested dict keys are joined with '.'), or a vision tower alone */
+    static const char *const prefixes[] = {"visual.", "module.visual.", "state_dict.module.visual.",
+                                           "state_dict.visual.", ""};
     const char *prefix = NULL;
     for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes && !prefix; i++) {
-        char name[64];
+        char name[96];
         snprintf(name, sizeof name, "%sconv1.weight", prefixes[i]);
         if (rb_weights_has(&m->w, name))
             prefix = prefixes[i];
@@ -255,7 +258,7 @@ rb_status rb_clip_vision_load_open_clip(rb_clip_vision *m, const char *config_pa
     rb_status s = prefix ? RB_OK
                          : rb_error(RB_ERR_FORMAT, "%s: no open_clip vision tower (visual.conv1.weight) found", weights_path);
     if (s == RB_OK && m->cfg.projection_dim > 0) {
-        char name[64];
+        char name[96];
         snprintf(name, sizeof name, "%sproj", prefix);
         if (!rb_weights_has(&m->w, name)) /* output_dim None in open_clip: no projection */
             m->cfg.projection_dim = 0;

@@ -39,9 +39,10 @@ typedef struct rb_clip_vision {
  * and `dir`/model.safetensors. */
 rb_status rb_clip_vision_load(rb_clip_vision *m, const char *dir);
 /* open_clip layout: `config_path` is an open_clip model json ({"embed_dim", "vision_cfg": {...},
- * optional "quick_gelu"}); `weights_path` a safetensors state dict whose vision keys are
- * `visual.*`, `module.visual.*` (a DDP checkpoint) or bare (a vision tower alone). Keys of other
- * towers are left unused. */
+ * optional "quick_gelu"}); `weights_path` a safetensors or PyTorch state dict whose vision keys are
+ * `visual.*`, `module.visual.*` (DDP), `state_dict.module.visual.*` (a training checkpoint
+ * {"epoch", "state_dict"}: what open_clip's load_state_dict unwraps) or bare (a vision tower alone).
+ * Keys of other towers are left unused. */
 rb_status rb_clip_vision_load_open_clip(rb_clip_vision *m, const char *config_path, const char *weights_path);
 void rb_clip_vision_free(rb_clip_vision *m);
 
