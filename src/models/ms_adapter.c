@@ -105,10 +105,10 @@ rb_tensor *rb_ms_attn2(rb_ctx *c, const rb_unet_attn *attn, rb_tensor *hidden, r
         return rb_ctx_error(c, RB_ERR_INVALID,
                             "%s: MS-Diffusion context has %lld tokens; expected %lld text + %d dummy + %d x %lld image",
                             attn->name, (long long)Lc, (long long)T, ad->num_dummy, call->n_subjects, (long long)Q);
-    rb_tensor *q = rb_linear(c, hidden, attn->to_q, NULL);
+    rb_tensor *q = rb_unet_attn_proj(c, attn, RB_UNET_Q, hidden);
     rb_tensor *text = rb_slice(c, context, 1, 0, T), *img = rb_slice(c, context, 1, T, Lc);
-    rb_tensor *out = rb_attention(c, q, rb_linear(c, text, attn->to_k, NULL), rb_linear(c, text, attn->to_v, NULL),
-                                  attn->heads, NULL, 0.0f);
+    rb_tensor *out = rb_attention(c, q, rb_unet_attn_proj(c, attn, RB_UNET_K, text),
+                                  rb_unet_attn_proj(c, attn, RB_UNET_V, text), attn->heads, NULL, 0.0f);
     rb_tensor *k_ip = rb_linear(c, img, ad->to_k_ip[attn->index], NULL);
     rb_tensor *v_ip = rb_linear(c, img, ad->to_v_ip[attn->index], NULL);
     float gamma = call->scale;
@@ -127,7 +127,7 @@ rb_tensor *rb_ms_attn2(rb_ctx *c, const rb_unet_attn *attn, rb_tensor *hidden, r
         return NULL;
     rb_tensor *ip = rb_mul(c, rb_attention(c, q, k_ip, v_ip, attn->heads, bias, 0.0f), rows);
     rb_tensor *h = rb_add(c, out, rb_scale(c, ip, gamma));
-    return rb_linear(c, h, attn->to_out_w, attn->to_out_b);
+    return rb_unet_attn_proj(c, attn, RB_UNET_OUT, h);
 }
 
 void rb_ms_procs(const rb_unet *unet, rb_ms_call *call, rb_unet_proc *procs) {

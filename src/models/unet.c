@@ -303,6 +303,54 @@ void rb_unet_free(rb_unet *m) {
     memset(m, 0, sizeof *m);
 }
 
+/* ---- run-time LoRA ---- */
+
+static const char *const proj_names[4] = {"to_q", "to_k", "to_v", "to_out.0"};
+
+rb_status rb_unet_attach_lora(rb_unet *m, const rb_lora_set *set) {
+    int attached = 0;
+    for (int i = 0; i < m->n_attn; i++) {
+        rb_unet_attn *a = m->attn[i];
+        for (int p = 0; p < 4; p++) {
+            char path[160];
+            snprintf(path, sizeof path, "%s.%s", a->name, proj_names[p]);
+            const rb_lora_pair *pair = rb_lora_find_in(set, "unet", path);
+            if (!pair)
+                continue;
+            if (a->n_lora[p] == RB_UNET_MAX_LORA)
+                return rb_error(RB_ERR_UNSUPPORTED, "%s: more than %d LoRAs on %s", set->path ? set->path : "LoRA",
+                                RB_UNET_MAX_LORA, path);
+            int64_t in = p == RB_UNET_K || p == RB_UNET_V ? a->context_dim : a->dim;
+            if (pair->down->ndim != 2 || pair->down->shape[1] != in || pair->up->shape[0] != a->dim)
+                return rb_error(RB_ERR_FORMAT, "%s: LoRA for %s has shapes that do not fit the UNet (%lld -> %lld)",
+                                set->path ? set->path : "LoRA", path, (long long)pair->down->shape[1],
+                                (long long)pair->up->shape[0]);
+            a->lora[p][a->n_lora[p]++] = pair;
+            attached++;
+        }
+    }
+    for (int i = 0; i < set->n; i++) { /* UNet pairs that no attention projection took */
+        const rb_lora_pair *pair = set->pairs[i];
+        if (strcmp(pair->component, "unet"))
+            continue;
+        int found = 0;
+        for (int k = 0; k < m->n_attn && !found; k++)
+            for (int p = 0; p < 4 && !found; p++)
+                for (int j = 0; j < m->attn[k]->n_lora[p]; j++)
+                    found |= m->attn[k]->lora[p][j] == pair;
+        if (!found)
+            return rb_error(RB_ERR_UNSUPPORTED, "%s: LoRA module unet.%s is not an attention projection of this UNet "
+                            "(run-time LoRA covers to_q/to_k/to_v/to_out.0)", set->path ? set->path : "LoRA", pair->module);
+    }
+    (void)attached;
+    return RB_OK;
+}
+
+void rb_unet_detach_lora(rb_unet *m) {
+    for (int i = 0; i < m->n_attn; i++)
+        memset(m->attn[i]->n_lora, 0, sizeof m->attn[i]->n_lora);
+}
+
 /* ---- parameter list ---- */
 
 typedef struct walker {

@@ -15,6 +15,7 @@
 #ifndef RB_MODELS_UNET_H
 #define RB_MODELS_UNET_H
 
+#include "models/lora.h"
 #include "models/weights.h"
 #include "ops/ops.h"
 
@@ -58,6 +59,8 @@ typedef struct rb_unet_resnet { /* ResnetBlock2D */
 } rb_unet_resnet;
 
 /* One Attention module, as handed to processors. */
+#define RB_UNET_MAX_LORA 8
+
 typedef struct rb_unet_attn {
     int index;        /* position in the processor order (see top of file) */
     int cross;        /* 0: attn1 (self), 1: attn2 (cross) */
@@ -68,7 +71,12 @@ typedef struct rb_unet_attn {
     rb_tensor *to_k;  /* [C, context_dim]  (no bias) */
     rb_tensor *to_v;  /* [C, context_dim]  (no bias) */
     rb_tensor *to_out_w, *to_out_b; /* to_out.0: [C, C], [C] */
+    /* run-time LoRA pairs per projection (RB_UNET_Q..RB_UNET_OUT), set by rb_unet_attach_lora */
+    const rb_lora_pair *lora[4][RB_UNET_MAX_LORA];
+    int n_lora[4];
 } rb_unet_attn;
+
+enum { RB_UNET_Q = 0, RB_UNET_K, RB_UNET_V, RB_UNET_OUT };
 
 typedef struct rb_unet_tblock { /* BasicTransformerBlock */
     rb_tensor *norm1_w, *norm1_b, *norm2_w, *norm2_b, *norm3_w, *norm3_b;
@@ -143,6 +151,18 @@ void rb_unet_visit_params(rb_unet *m, void (*fn)(void *user, const rb_unet_param
  * tables of unet_keys.c. RB_ERR_INVALID when the name is not a UNet parameter name. */
 rb_status rb_unet_map_key(const rb_unet_config *cfg, rb_unet_layout layout, const char *name, char *out,
                           size_t n);
+
+/* ---- run-time LoRA ---- */
+
+/* Attaches every pair of `set` whose module is an attention projection of this UNet
+ * (`<attn>.to_q/.to_k/.to_v/.to_out.0`, component "unet"); several sets may be attached, each pair
+ * keeping its own scale. Pairs are used by reference: the set must outlive the UNet's use of it.
+ * RB_ERR_UNSUPPORTED names the first UNet pair on another module (merge those instead). */
+rb_status rb_unet_attach_lora(rb_unet *m, const rb_lora_set *set);
+void rb_unet_detach_lora(rb_unet *m);
+
+/* A projection of an attention module with its attached LoRA pairs: x W^T (+ b for to_out.0) + LoRA. */
+rb_tensor *rb_unet_attn_proj(rb_ctx *c, const rb_unet_attn *a, int which, rb_tensor *x);
 
 /* ---- attention processors ---- */
 

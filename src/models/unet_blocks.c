@@ -80,13 +80,24 @@ static rb_tensor *resnet(rb_ctx *c, const rb_unet *m, const rb_unet_resnet *r, r
     return rb_add(c, sc, h);
 }
 
+rb_tensor *rb_unet_attn_proj(rb_ctx *c, const rb_unet_attn *a, int which, rb_tensor *x) {
+    rb_tensor *w = which == RB_UNET_Q ? a->to_q : which == RB_UNET_K ? a->to_k : which == RB_UNET_V ? a->to_v : a->to_out_w;
+    rb_tensor *b = which == RB_UNET_OUT ? a->to_out_b : NULL;
+    if (!a->n_lora[which])
+        return rb_linear(c, x, w, b);
+    rb_lora_pair pairs[RB_UNET_MAX_LORA];
+    for (int i = 0; i < a->n_lora[which]; i++)
+        pairs[i] = *a->lora[which][i];
+    return rb_lora_linear(c, x, w, b, pairs, a->n_lora[which]);
+}
+
 rb_tensor *rb_unet_attn_default(rb_ctx *c, const rb_unet_attn *a, rb_tensor *hidden, rb_tensor *context,
                                 int64_t height, int64_t width, void *user) {
-    rb_tensor *q = rb_linear(c, hidden, a->to_q, NULL);   /* [B, N, C] */
-    rb_tensor *k = rb_linear(c, context, a->to_k, NULL);  /* [B, L, C] */
-    rb_tensor *v = rb_linear(c, context, a->to_v, NULL);  /* [B, L, C] */
+    rb_tensor *q = rb_unet_attn_proj(c, a, RB_UNET_Q, hidden);  /* [B, N, C] */
+    rb_tensor *k = rb_unet_attn_proj(c, a, RB_UNET_K, context); /* [B, L, C] */
+    rb_tensor *v = rb_unet_attn_proj(c, a, RB_UNET_V, context); /* [B, L, C] */
     rb_tensor *o = rb_attention(c, q, k, v, a->heads, NULL, 0.0f);
-    return rb_linear(c, o, a->to_out_w, a->to_out_b);
+    return rb_unet_attn_proj(c, a, RB_UNET_OUT, o);
 }
 
 static rb_tensor *call_attn(rb_ctx *c, const rb_unet_attn *a, const rb_unet_proc *procs, rb_tensor *hidden,
