@@ -26,8 +26,8 @@ static const char *extract(const char *prompt, const char *s1, const char *s2, r
  *   7  "skiing down a steep slope": "down" is in the preposition table, so the direction is lost.
  *   8  "sleeping peacefully": the one-slot rule keeps adverbs (it stops only at prepositions/punctuation).
  *   6, 11, 12, 13: the one-slot rule keeps the object with its article ("reading a book").
- *   15, 16, 18, 19, 21, 22, 24, 25: the two-slot rule keeps a trailing "with" ("playing chess with") while the one-slot rule stops
- *   before any preposition; the two rules are deliberately asymmetric (the issue's examples).
+ *   15, 16, 18, 19, 21, 22, 24, 25: the two-slot rule keeps a trailing "with" ("playing chess with")
+ *   while the one-slot rule stops before any preposition; the two rules are deliberately asymmetric (the issue's examples).
  *   16 "partner dancing with": the noun "partner" is kept (no part-of-speech tagging). */
 static const struct {
     const char *prompt, *want;
