@@ -11,6 +11,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"info", cmd_info, "show what a checkpoint or image file holds"},
+    {"predicate", cmd_predicate, "print the relation predicate of a prompt template"},
     {"bench", cmd_bench, "measure kernels against this machine's matrix-multiply peak"},
 };
 
