@@ -23,7 +23,7 @@ int cli_fail(const char *cmd) {
 static void usage(FILE *f) {
     fprintf(f, "usage: relbooth <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\n`relbooth <command> --help` describes a command; `relbooth --version` prints the version.\n");
 }
 

@@ -10,14 +10,11 @@
 #include <string.h>
 
 #include "core/mem.h"
+#include "io/json.h"
 
 static rb_status load_config(rb_clip_text_config *c, const char *path) {
-    json_error_t err;
-    json_t *j = json_load_file(path, 0, &err);
-    if (!j || !json_is_object(j)) {
-        json_decref(j);
-        return rb_error(RB_ERR_FORMAT, "%s: not a JSON object (%s)", path, err.text);
-    }
+    json_t *j;
+    RB_TRY(rb_json_load_object(path, &j));
     static const struct {
         const char *key;
         size_t off;

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "core/mem.h"
+#include "io/json.h"
 
 /* ---- configs ---- */
 
@@ -39,12 +40,8 @@ static rb_status check_sizes(const rb_clip_vision_config *c, const char *path) {
 
 /* transformers CLIPVisionConfig (defaults as its constructor), flat or nested in a CLIPConfig */
 static rb_status load_hf_config(rb_clip_vision_config *c, const char *path) {
-    json_error_t err;
-    json_t *root = json_load_file(path, 0, &err);
-    if (!root || !json_is_object(root)) {
-        json_decref(root);
-        return rb_error(RB_ERR_FORMAT, "%s: not a JSON object (%s)", path, err.text);
-    }
+    json_t *root;
+    RB_TRY(rb_json_load_object(path, &root));
     json_t *j = json_is_object(json_object_get(root, "vision_config")) ? json_object_get(root, "vision_config") : root;
     *c = (rb_clip_vision_config){.hidden = 768, .intermediate = 3072, .heads = 12, .layers = 12, .image_size = 224,
                                  .patch_size = 32, .channels = 3, .projection_dim = 512, .layer_norm_eps = 1e-5f,
@@ -83,12 +80,8 @@ static rb_status reject_option(json_t *vc, const char *key, const char *ok_str, 
  * head_width (64), mlp_ratio (4.0), patch_size}}; as open_clip's VisionTransformer: heads =
  * width / head_width, mlp width = int(width * mlp_ratio), LayerNorm eps 1e-5, GELU unless quick_gelu. */
 static rb_status load_open_clip_config(rb_clip_vision_config *c, const char *path) {
-    json_error_t err;
-    json_t *root = json_load_file(path, 0, &err);
-    if (!root || !json_is_object(root)) {
-        json_decref(root);
-        return rb_error(RB_ERR_FORMAT, "%s: not a JSON object (%s)", path, err.text);
-    }
+    json_t *root;
+    RB_TRY(rb_json_load_object(path, &root));
     json_t *vc = json_object_get(root, "vision_cfg");
     rb_status s = json_is_object(vc) ? RB_OK : rb_error(RB_ERR_FORMAT, "%s: missing 'vision_cfg'", path);
     *c = (rb_clip_vision_config){.image_size = 224, .patch_size = 16, .layers = 12, .hidden = 768, .channels = 3,

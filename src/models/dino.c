@@ -12,6 +12,7 @@
 
 #include "core/mem.h"
 #include "ops/resample.h"
+#include "io/json.h"
 
 /* ---- config ---- */
 
@@ -27,12 +28,8 @@ static rb_status get_int(json_t *j, const char *key, int *dst, const char *path)
 
 /* defaults as ViTConfig / Dinov2Config */
 static rb_status load_config(rb_dino_config *c, const char *path) {
-    json_error_t err;
-    json_t *j = json_load_file(path, 0, &err);
-    if (!j || !json_is_object(j)) {
-        json_decref(j);
-        return rb_error(RB_ERR_FORMAT, "%s: not a JSON object (%s)", path, err.text);
-    }
+    json_t *j;
+    RB_TRY(rb_json_load_object(path, &j));
     const char *type = json_string_value(json_object_get(j, "model_type"));
     rb_status s = RB_OK;
     if (type && !strcmp(type, "vit"))

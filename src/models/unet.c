@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/mem.h"
+#include "io/json.h"
 
 /* ---- config.json ---- */
 
@@ -175,12 +176,8 @@ rb_status rb_unet_config_check(const rb_unet_config *c, const char *path) {
 }
 
 rb_status rb_unet_config_load(rb_unet_config *cfg, const char *path) {
-    json_error_t err;
-    json_t *j = json_load_file(path, 0, &err);
-    if (!j || !json_is_object(j)) {
-        json_decref(j);
-        return rb_error(RB_ERR_FORMAT, "%s: not a JSON object (%s)", path, err.text);
-    }
+    json_t *j;
+    RB_TRY(rb_json_load_object(path, &j));
     rb_status s = parse_config(cfg, j, path);
     json_decref(j);
     return s;

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "core/mem.h"
+#include "io/json.h"
 
 #define VAE_EPS 1e-6f
 #define TILE_OVERLAP 0.25 /* diffusers' tile_overlap_factor */
@@ -63,12 +64,8 @@ static rb_status check_types(json_t *j, const char *key, const char *want, int n
 }
 
 rb_status rb_vae_config_load(rb_vae_config *c, const char *path) {
-    json_error_t err;
-    json_t *j = json_load_file(path, 0, &err);
-    if (!j || !json_is_object(j)) {
-        json_decref(j);
-        return rb_error(RB_ERR_FORMAT, "%s: not a JSON object (%s)", path, err.text);
-    }
+    json_t *j;
+    RB_TRY(rb_json_load_object(path, &j));
     rb_vae_config_sdxl(c); /* fields a config may omit keep diffusers' defaults below */
     c->norm_num_groups = 32;
     static const struct {

@@ -6,6 +6,7 @@
 
 #include "core/mem.h"
 #include "scheduler.h"
+#include "io/json.h"
 
 void rb_sched_config_init(rb_sched_config *c) {
     c->num_train_timesteps = 1000;
@@ -25,12 +26,8 @@ static const struct {
 
 rb_status rb_sched_config_load(rb_sched_config *c, const char *path) {
     rb_sched_config_init(c);
-    json_error_t err;
-    json_t *j = json_load_file(path, 0, &err);
-    if (!j || !json_is_object(j)) {
-        json_decref(j);
-        return rb_error(RB_ERR_FORMAT, "%s: not a JSON object (%s)", path, err.text);
-    }
+    json_t *j;
+    RB_TRY(rb_json_load_object(path, &j));
     rb_status st = RB_OK;
     json_t *v;
     if ((v = json_object_get(j, "num_train_timesteps")) && json_is_integer(v))

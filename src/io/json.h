@@ -1,0 +1,16 @@
+/* Small JSON files (configs, manifests): read with a size limit, parsed with jansson. */
+#ifndef RB_IO_JSON_H
+#define RB_IO_JSON_H
+
+#include <jansson.h>
+
+#include "core/status.h"
+
+#define RB_JSON_MAX_BYTES (64u << 20)
+
+/* Parses `path`, which must hold a JSON object. RB_ERR_IO when it cannot be read, RB_ERR_FORMAT
+ * when it is not a JSON object (the message names the file, and the line for syntax errors). The
+ * caller owns *out (json_decref). */
+rb_status rb_json_load_object(const char *path, json_t **out);
+
+#endif

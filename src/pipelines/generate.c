@@ -1,0 +1,468 @@
+/* The generation pipeline, in the order of diffusers' StableDiffusionXLPipeline and MS-Diffusion's
+ * MSAdapter.generate (which DreamRelation's Pipeline follows):
+ *   1. text:  prompt_embeds = [CLIP-L hidden[-2] | bigG hidden[-2]], pooled = bigG text_embeds;
+ *             phrase embeddings = CLIP-L pooled output of each phrase
+ *   2. image: CLIP vision hidden[-2] of each reference -> grounding resampler -> [4 dummy | 16 per subject]
+ *   3. denoise with CFG: rows [uncond | cond]; the uncond row gets zero image tokens and zero boxes
+ *   4. VAE decode, image / 2 + 0.5 clamped, to 8 bit as diffusers' numpy_to_pil ((x * 255).round()).
+ * Every stage loads its models, runs, and releases them; results that later stages need are copied
+ * into a small `keep` arena. */
+#include "generate.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/mem.h"
+#include "core/rng.h"
+#include "models/clip_text.h"
+#include "models/clip_vision.h"
+#include "models/image_processor.h"
+#include "models/ms_adapter.h"
+#include "models/vae.h"
+#include "text/clip_tokenizer.h"
+
+const char *const rb_default_negative_prompt = "monochrome, lowres, bad anatomy, worst quality, low quality";
+
+void rb_gen_params_init(rb_gen_params *p) {
+    memset(p, 0, sizeof *p);
+    p->width = p->height = 1024;
+    p->steps = 30;
+    p->guidance = 5.0f;
+    p->seed = 42;
+    p->noise = RB_NOISE_CUDA;
+    p->sampler = RB_SAMPLER_EULER;
+    p->batch_count = 1;
+    p->ip_scale = 0.6f;
+    p->resampler_dim_head = 64;
+    p->compute = RB_F32;
+    p->negative_prompt = rb_default_negative_prompt;
+}
+
+typedef struct run {
+    const rb_gen_params *p;
+    rb_arena keep, work;
+    /* from the text stage */
+    rb_tensor *prompt_embeds, *neg_embeds; /* [1, 77, D] */
+    rb_tensor *pooled, *neg_pooled;        /* [1, P] */
+    rb_tensor *phrase_embeds;              /* [n, D_L] */
+    /* from the image stage */
+    rb_tensor *image_tokens; /* [1, 4 + 16 n, D] */
+    rb_unet_config unet_cfg;
+} run;
+
+static void progress(const run *r, const char *stage, int done, int total) {
+    if (r->p->progress)
+        r->p->progress(r->p->user, stage, done, total);
+}
+
+static void path_join(char *out, size_t n, const char *dir, const char *name) { snprintf(out, n, "%s/%s", dir, name); }
+
+/* Copies a tensor into the keep arena (it must outlive the stage's work arena). */
+static rb_tensor *keep(run *r, const rb_tensor *t) {
+    if (!t)
+        return NULL;
+    rb_tensor *k = rb_arena_tensor(&r->keep, RB_F32, t->ndim, t->shape);
+    if (k && rb_tensor_copy(k, t) != RB_OK)
+        return NULL;
+    return k;
+}
+
+/* ---- stage 1: text ---- */
+
+typedef struct text_models {
+    rb_clip_tokenizer *tok1, *tok2;
+    rb_clip_text te1, te2;
+} text_models;
+
+static rb_tensor *ids_tensor(rb_ctx *c, const rb_clip_tokenizer *tok, const char *text) {
+    rb_tensor *ids = rb_ctx_tensor(c, RB_I64, 2, (int64_t[]){1, RB_CLIP_CONTEXT});
+    if (ids && rb_clip_tokenize(tok, text, ids->data, NULL, NULL) != RB_OK)
+        return rb_ctx_fail(c, RB_ERR_INVALID);
+    return ids;
+}
+
+/* [1, 77, D_L + D_G] penultimate states of both encoders, and the bigG projected pooled output. */
+static rb_status encode_prompt(rb_ctx *c, const text_models *m, const char *text, rb_tensor **embeds,
+                               rb_tensor **pooled) {
+    rb_clip_text_out o1, o2;
+    RB_TRY(rb_clip_text_forward(c, &m->te1, ids_tensor(c, m->tok1, text), 0, &o1));
+    RB_TRY(rb_clip_text_forward(c, &m->te2, ids_tensor(c, m->tok2, text), 0, &o2));
+    if (!o2.text_embeds)
+        return rb_error(RB_ERR_FORMAT, "text_encoder_2 has no text_projection (not an SDXL checkpoint?)");
+    *embeds = rb_concat(c, (rb_tensor *[]){o1.penultimate, o2.penultimate}, 2, 2);
+    *pooled = o2.text_embeds;
+    return c->status;
+}
+
+static rb_status stage_text(run *r) {
+    const rb_gen_params *p = r->p;
+    text_models m = {0};
+    char path[4096];
+    rb_status s;
+    path_join(path, sizeof path, p->model, "tokenizer");
+    if ((s = rb_clip_tokenizer_load(&m.tok1, path)) != RB_OK)
+        goto done;
+    path_join(path, sizeof path, p->model, "tokenizer_2");
+    if ((s = rb_clip_tokenizer_load(&m.tok2, path)) != RB_OK)
+        goto done;
+    path_join(path, sizeof path, p->model, "text_encoder");
+    if ((s = rb_clip_text_load(&m.te1, path)) != RB_OK)
+        goto done;
+    path_join(path, sizeof path, p->model, "text_encoder_2");
+    if ((s = rb_clip_text_load(&m.te2, path)) != RB_OK)
+        goto done;
+    progress(r, "text", 0, 1);
+    rb_ctx c;
+    rb_ctx_init(&c, &r->work);
+    c.matmul_dtype = p->compute;
+    rb_tensor *e, *pl;
+    if ((s = encode_prompt(&c, &m, p->prompt, &e, &pl)) != RB_OK)
+        goto done;
+    r->prompt_embeds = keep(r, e);
+    r->pooled = keep(r, pl);
+    if (p->negative_prompt) {
+        if ((s = encode_prompt(&c, &m, p->negative_prompt, &e, &pl)) != RB_OK)
+            goto done;
+        r->neg_embeds = keep(r, e);
+        r->neg_pooled = keep(r, pl);
+    } else { /* force_zeros_for_empty_prompt */
+        r->neg_embeds = rb_arena_zeros(&r->keep, RB_F32, 3, r->prompt_embeds->shape);
+        r->neg_pooled = rb_arena_zeros(&r->keep, RB_F32, 2, r->pooled->shape);
+    }
+    if (p->n_subjects > 0) { /* phrase embeddings: CLIP-L pooled output */
+        int64_t n = p->n_subjects;
+        rb_tensor *ids = rb_ctx_tensor(&c, RB_I64, 2, (int64_t[]){n, RB_CLIP_CONTEXT});
+        for (int64_t i = 0; ids && i < n; i++)
+            if ((s = rb_clip_tokenize(m.tok1, p->subjects[i].phrase, (int64_t *)ids->data + i * RB_CLIP_CONTEXT, NULL,
+                                      NULL)) != RB_OK)
+                goto done;
+        rb_clip_text_out o;
+        if ((s = rb_clip_text_forward(&c, &m.te1, ids, 0, &o)) != RB_OK)
+            goto done;
+        r->phrase_embeds = keep(r, o.pooled);
+    }
+    s = c.status;
+    if (s == RB_OK && (!r->prompt_embeds || !r->pooled || !r->neg_embeds || !r->neg_pooled ||
+                       (p->n_subjects && !r->phrase_embeds)))
+        s = RB_ERR_OOM;
+    progress(r, "text", 1, 1);
+done:
+    rb_clip_text_free(&m.te1);
+    rb_clip_text_free(&m.te2);
+    rb_clip_tokenizer_free(m.tok1);
+    rb_clip_tokenizer_free(m.tok2);
+    rb_arena_reset(&r->work, 0);
+    return s;
+}
+
+/* ---- stage 2: subjects -> image tokens ---- */
+
+static rb_status load_pixels(run *r, rb_ctx *c, rb_tensor **out) {
+    const rb_gen_params *p = r->p;
+    char path[4096];
+    rb_preprocess_config pc;
+    path_join(path, sizeof path, p->image_encoder, "preprocessor_config.json");
+    RB_TRY(rb_preprocess_config_load(&pc, path));
+    int oh, ow;
+    RB_TRY(rb_preprocess_output_size(&pc, 224, 224, &oh, &ow));
+    rb_tensor *px = rb_ctx_tensor(c, RB_F32, 4, (int64_t[]){p->n_subjects, 3, oh, ow});
+    if (!px)
+        return c->status;
+    for (int i = 0; i < p->n_subjects; i++) {
+        rb_image img = {0};
+        rb_status s = rb_image_load(&img, p->subjects[i].image, 3);
+        if (s == RB_OK && (s = rb_preprocess_output_size(&pc, img.width, img.height, &oh, &ow)) == RB_OK &&
+            (oh != px->shape[2] || ow != px->shape[3]))
+            s = rb_error(RB_ERR_UNSUPPORTED, "%s: the image processor gives %dx%d crops for it, not a fixed size",
+                         p->subjects[i].image, ow, oh);
+        if (s == RB_OK)
+            s = rb_image_preprocess(&img, &pc, (float *)px->data + (int64_t)i * 3 * oh * ow);
+        rb_image_free(&img);
+        if (s != RB_OK)
+            return rb_error_prefix(s, "subject %d", i + 1);
+    }
+    *out = px;
+    return RB_OK;
+}
+
+static rb_status stage_image(run *r, rb_ms_adapter *ad) {
+    const rb_gen_params *p = r->p;
+    rb_clip_vision enc;
+    RB_TRY(rb_clip_vision_load(&enc, p->image_encoder));
+    progress(r, "image", 0, 1);
+    rb_ctx c;
+    rb_ctx_init(&c, &r->work);
+    c.matmul_dtype = p->compute;
+    rb_tensor *px = NULL;
+    rb_status s = load_pixels(r, &c, &px);
+    rb_clip_vision_out o;
+    if (s == RB_OK)
+        s = rb_clip_vision_forward(&c, &enc, px, 0, &o);
+    if (s == RB_OK) {
+        float boxes[4 * RB_MAX_SUBJECTS];
+        for (int i = 0; i < p->n_subjects; i++)
+            memcpy(boxes + 4 * i, p->subjects[i].box, sizeof p->subjects[i].box);
+        rb_tensor *tok = rb_resampler_forward(&c, &ad->resampler, o.penultimate, boxes, r->phrase_embeds, NULL);
+        r->image_tokens = keep(r, rb_ms_image_tokens(&c, ad, tok));
+        s = c.status != RB_OK ? c.status : r->image_tokens ? RB_OK : RB_ERR_OOM;
+    }
+    rb_clip_vision_free(&enc);
+    rb_arena_reset(&r->work, 0);
+    progress(r, "image", 1, 1);
+    return s;
+}
+
+/* ---- stage 3: denoising ---- */
+
+/* The UNet context for CFG: rows [uncond | cond] of [text | image tokens (zeros for uncond)]. */
+static rb_tensor *unet_context(run *r, rb_ctx *c) {
+    rb_tensor *u = r->neg_embeds, *k = r->prompt_embeds;
+    if (r->image_tokens) {
+        rb_tensor *z = rb_arena_zeros(c->arena, RB_F32, 3, r->image_tokens->shape);
+        if (!z)
+            return rb_ctx_fail(c, RB_ERR_OOM);
+        u = rb_concat(c, (rb_tensor *[]){u, z}, 2, 1);
+        k = rb_concat(c, (rb_tensor *[]){k, r->image_tokens}, 2, 1);
+    }
+    return rb_concat(c, (rb_tensor *[]){u, k}, 2, 0);
+}
+
+static rb_status initial_noise(run *r, rb_rng *g, rb_tensor *lat) {
+    if (r->p->initial_latents) {
+        memcpy(lat->data, r->p->initial_latents, rb_nbytes(lat));
+        return RB_OK;
+    }
+    return rb_rng_randn(g, lat->data, rb_numel(lat));
+}
+
+static rb_status denoise(run *r, rb_unet *unet, const rb_ms_adapter *ad, rb_scheduler *sch, rb_rng *g,
+                         rb_tensor *lat) {
+    const rb_gen_params *p = r->p;
+    int64_t n = rb_numel(lat);
+    RB_TRY(initial_noise(r, g, lat));
+    for (int64_t i = 0; i < n; i++)
+        ((float *)lat->data)[i] *= sch->init_noise_sigma;
+    rb_ms_call call = {.adapter = ad, .n_subjects = p->n_subjects, .scale = p->ip_scale};
+    float boxes[2 * 4 * RB_MAX_SUBJECTS] = {0}; /* row 0 (uncond) stays zero: no image there */
+    for (int i = 0; i < p->n_subjects; i++)
+        memcpy(boxes + 4 * (p->n_subjects + i), p->subjects[i].box, sizeof p->subjects[i].box);
+    call.boxes = boxes;
+    rb_unet_proc *procs = NULL;
+    if (ad) {
+        procs = rb_arena_alloc(&r->keep, (size_t)unet->n_attn * sizeof *procs);
+        if (!procs)
+            return RB_ERR_OOM;
+        rb_ms_procs(unet, &call, procs);
+    }
+    rb_ctx c;
+    rb_ctx_init(&c, &r->work);
+    c.matmul_dtype = p->compute;
+    rb_tensor *ctx = unet_context(r, &c);
+    rb_tensor *te = rb_concat(&c, (rb_tensor *[]){r->neg_pooled, r->pooled}, 2, 0);
+    rb_tensor *ti = rb_ctx_tensor(&c, RB_F32, 2, (int64_t[]){2, 6});
+    rb_tensor *t = rb_ctx_tensor(&c, RB_F32, 0, NULL);
+    rb_tensor *x2 = rb_ctx_tensor(&c, RB_F32, 4, (int64_t[]){2, lat->shape[1], lat->shape[2], lat->shape[3]});
+    rb_tensor *eps = rb_ctx_tensor(&c, RB_F32, 4, lat->shape);
+    rb_tensor *noise = p->sampler == RB_SAMPLER_EULER_A ? rb_ctx_tensor(&c, RB_F32, 4, lat->shape) : NULL;
+    if (!ctx || !te || !ti || !t || !x2 || !eps || (p->sampler == RB_SAMPLER_EULER_A && !noise))
+        return c.status;
+    const float ids[6] = {(float)p->height, (float)p->width, 0, 0, (float)p->height, (float)p->width};
+    for (int row = 0; row < 2; row++)
+        memcpy((float *)ti->data + 6 * row, ids, sizeof ids);
+    size_t mark = rb_arena_mark(&r->work);
+    for (int i = 0; i < sch->n_steps; i++) {
+        if (p->cancel && *p->cancel)
+            return rb_error(RB_ERR_CANCELLED, "generation cancelled at step %d of %d", i + 1, sch->n_steps);
+        rb_sched_scale_input(sch, i, lat->data, x2->data, n);
+        memcpy((float *)x2->data + n, x2->data, (size_t)n * sizeof(float));
+        *(float *)t->data = sch->timesteps[i];
+        rb_unet_in in = {.sample = x2, .timestep = t, .encoder_hidden_states = ctx, .text_embeds = te,
+                         .time_ids = ti, .procs = procs};
+        rb_unet_out out;
+        RB_TRY(rb_unet_forward(&c, unet, &in, &out));
+        const float *u = out.sample->data, *k = u + n;
+        for (int64_t j = 0; j < n; j++) /* classifier-free guidance */
+            ((float *)eps->data)[j] = u[j] + p->guidance * (k[j] - u[j]);
+        if (noise)
+            RB_TRY(rb_rng_randn(g, noise->data, n));
+        RB_TRY(rb_sched_step(sch, i, eps->data, lat->data, noise ? noise->data : NULL, NULL, n));
+        if (p->on_step) {
+            rb_gen_step st = {i, sch->n_steps, sch->timesteps[i], x2, out.sample, ctx, lat};
+            p->on_step(p->user, &st);
+        }
+        rb_arena_reset(&r->work, mark);
+        progress(r, "denoise", i + 1, sch->n_steps);
+    }
+    return RB_OK;
+}
+
+/* ---- stage 4: decode ---- */
+
+static rb_status decode(run *r, const rb_vae *vae, rb_tensor *lat, rb_image *img) {
+    rb_ctx c;
+    rb_ctx_init(&c, &r->work);
+    size_t mark = rb_arena_mark(&r->work);
+    rb_tensor *z = rb_scale(&c, lat, 1.0f / vae->cfg.scaling_factor);
+    rb_tensor *x = rb_vae_decode(&c, vae, z, 0, NULL);
+    if (!x)
+        return c.status;
+    int64_t H = x->shape[2], W = x->shape[3], plane = H * W;
+    memset(img, 0, sizeof *img);
+    img->data = rb_alloc((size_t)(3 * plane), "output image");
+    if (!img->data)
+        return RB_ERR_OOM;
+    img->width = (int)W, img->height = (int)H, img->channels = 3, img->format = RB_IMG_PNG;
+    const float *px = x->data;
+    for (int64_t i = 0; i < plane; i++)
+        for (int ch = 0; ch < 3; ch++) {
+            float v = px[ch * plane + i] / 2.0f + 0.5f;
+            v = v < 0 ? 0 : v > 1 ? 1 : v;
+            img->data[i * 3 + ch] = (uint8_t)nearbyintf(v * 255.0f);
+        }
+    rb_arena_reset(&r->work, mark);
+    return RB_OK;
+}
+
+/* ---- the run ---- */
+
+static rb_status check_params(const rb_gen_params *p) {
+    if (!p->model || !p->prompt)
+        return rb_error(RB_ERR_INVALID, "generate: a model folder and a prompt are required");
+    if (p->width < 64 || p->height < 64 || p->width % 8 || p->height % 8 || p->width > 4096 || p->height > 4096)
+        return rb_error(RB_ERR_INVALID, "generate: size %dx%d (multiples of 8, 64..4096)", p->width, p->height);
+    if (p->steps < 1 || p->steps > RB_SCHED_MAX_STEPS || p->batch_count < 1 || p->batch_count > 1000)
+        return rb_error(RB_ERR_INVALID, "generate: %d steps, %d images", p->steps, p->batch_count);
+    if (!isfinite(p->guidance) || !isfinite(p->ip_scale))
+        return rb_error(RB_ERR_INVALID, "generate: guidance and scale must be finite");
+    if (p->n_subjects < 0 || p->n_subjects > RB_MAX_SUBJECTS || p->n_loras < 0 || p->n_loras > RB_MAX_LORAS)
+        return rb_error(RB_ERR_INVALID, "generate: at most %d subjects and %d LoRAs", RB_MAX_SUBJECTS, RB_MAX_LORAS);
+    if (p->n_subjects && (!p->ms_adapter || !p->image_encoder))
+        return rb_error(RB_ERR_INVALID, "generate: subjects need an MS-Diffusion adapter and an image encoder");
+    for (int i = 0; i < p->n_subjects; i++) {
+        const float *b = p->subjects[i].box;
+        if (!p->subjects[i].image || !p->subjects[i].phrase || !*p->subjects[i].phrase)
+            return rb_error(RB_ERR_INVALID, "subject %d: an image and a phrase are required", i + 1);
+        for (int k = 0; k < 4; k++)
+            if (!isfinite(b[k]) || b[k] < 0 || b[k] > 1)
+                return rb_error(RB_ERR_INVALID, "subject %d: box coordinates must be in [0, 1]", i + 1);
+        if (b[2] <= b[0] || b[3] <= b[1])
+            return rb_error(RB_ERR_INVALID, "subject %d: box (%g, %g, %g, %g) is empty (x1 <= x0 or y1 <= y0)", i + 1,
+                            b[0], b[1], b[2], b[3]);
+    }
+    return RB_OK;
+}
+
+static rb_status load_scheduler(const rb_gen_params *p, rb_scheduler *sch) {
+    char path[4096];
+    rb_sched_config sc;
+    path_join(path, sizeof path, p->model, "scheduler/scheduler_config.json");
+    RB_TRY(rb_sched_config_load(&sc, path));
+    sc.karras |= p->karras;
+    RB_TRY(rb_sched_init(sch, &sc, p->sampler));
+    return rb_sched_set_timesteps(sch, p->steps);
+}
+
+rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
+    RB_TRY(check_params(p));
+    for (int i = 0; i < p->batch_count; i++)
+        memset(&images[i], 0, sizeof images[i]);
+    run r = {.p = p};
+    rb_scheduler *sch = rb_calloc(sizeof *sch, "scheduler");
+    rb_lora_set *loras = rb_calloc((size_t)(p->n_loras + 1) * sizeof *loras, "LoRA sets");
+    rb_unet unet = {0};
+    rb_vae vae = {0};
+    rb_ms_adapter ad = {0};
+    int have_ad = 0;
+    char path[4096];
+    rb_status s = !sch || !loras ? RB_ERR_OOM : RB_OK;
+    if (s == RB_OK)
+        s = rb_arena_init(&r.keep, (size_t)64 << 20, "generate: kept tensors");
+    if (s == RB_OK)
+        s = rb_arena_init(&r.work, p->arena_bytes ? p->arena_bytes : (size_t)6 << 30, "generate: activations");
+    if (s == RB_OK)
+        s = load_scheduler(p, sch);
+    if (s == RB_OK)
+        s = stage_text(&r);
+    if (s == RB_OK) {
+        path_join(path, sizeof path, p->model, "unet/config.json");
+        s = rb_unet_config_load(&r.unet_cfg, path);
+    }
+    if (s == RB_OK && p->n_subjects) { /* the adapter is indexed by the UNet's processors: a skeleton suffices */
+        rb_unet skel = {0};
+        s = rb_unet_init(&skel, &r.unet_cfg);
+        if (s == RB_OK && (s = rb_ms_adapter_load(&ad, p->ms_adapter, &skel, p->resampler_dim_head)) == RB_OK)
+            have_ad = 1;
+        rb_unet_free(&skel);
+        if (s == RB_OK)
+            s = stage_image(&r, &ad);
+    }
+    if (s == RB_OK) {
+        path_join(path, sizeof path, p->model, "unet");
+        s = rb_unet_load_dir(&unet, path);
+    }
+    for (int i = 0; s == RB_OK && i < p->n_loras; i++) {
+        rb_lora_options o = rb_lora_defaults();
+        o.scale = p->loras[i].scale;
+        if ((s = rb_lora_load(&loras[i], p->loras[i].path, &o)) == RB_OK)
+            s = rb_unet_attach_lora(&unet, &loras[i]);
+    }
+    rb_tensor *lat = NULL;
+    if (s == RB_OK) {
+        lat = rb_arena_tensor(&r.keep, RB_F32, 4, (int64_t[]){1, r.unet_cfg.in_channels, p->height / 8, p->width / 8});
+        s = lat ? RB_OK : RB_ERR_OOM;
+    }
+    rb_rng g;
+    if (p->noise == RB_NOISE_CPU)
+        rb_rng_torch_cpu(&g, p->seed);
+    else
+        rb_rng_torch_cuda(&g, p->seed);
+    /* denoise every image, then decode them with the UNet released */
+    rb_tensor **all = rb_arena_alloc(&r.keep, (size_t)p->batch_count * sizeof *all);
+    for (int b = 0; s == RB_OK && b < p->batch_count; b++) {
+        if ((s = denoise(&r, &unet, have_ad ? &ad : NULL, sch, &g, lat)) == RB_OK && !(all[b] = keep(&r, lat)))
+            s = RB_ERR_OOM;
+        rb_arena_reset(&r.work, 0);
+    }
+    rb_unet_free(&unet);
+    if (have_ad)
+        rb_ms_adapter_free(&ad);
+    if (s == RB_OK) {
+        path_join(path, sizeof path, p->model, "vae");
+        s = rb_vae_load(&vae, path, NULL);
+    }
+    for (int b = 0; s == RB_OK && b < p->batch_count; b++) {
+        progress(&r, "decode", b, p->batch_count);
+        s = decode(&r, &vae, all[b], &images[b]);
+    }
+    rb_vae_free(&vae);
+    for (int i = 0; loras && i < p->n_loras; i++)
+        rb_lora_free(&loras[i]);
+    rb_free(loras);
+    if (sch)
+        rb_sched_free(sch);
+    rb_free(sch);
+    rb_arena_free(&r.keep);
+    rb_arena_free(&r.work);
+    if (s != RB_OK)
+        for (int i = 0; i < p->batch_count; i++)
+            rb_image_free(&images[i]);
+    return s;
+}
+
+void rb_gen_params_describe(const rb_gen_params *p, uint64_t seed, char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, "
+                                        "Size: %dx%d, Noise: %s",
+                                p->prompt, p->negative_prompt ? p->negative_prompt : "", p->steps,
+                                rb_sampler_name(p->sampler), p->karras ? " Karras" : "", p->guidance,
+                                (unsigned long long)seed, p->width, p->height, p->noise == RB_NOISE_CPU ? "cpu" : "cuda");
+    for (int i = 0; i < p->n_loras && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, ", LoRA: %s (%g)", p->loras[i].path, p->loras[i].scale);
+    if (p->n_subjects && k < n)
+        k += (size_t)snprintf(buf + k, n - k, ", Image scale: %g", p->ip_scale);
+    for (int i = 0; i < p->n_subjects && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, ", Subject %d: %s [%g %g %g %g] %s", i + 1, p->subjects[i].phrase,
+                              p->subjects[i].box[0], p->subjects[i].box[1], p->subjects[i].box[2], p->subjects[i].box[3],
+                              p->subjects[i].image);
+}
