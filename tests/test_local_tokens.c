@@ -8,6 +8,9 @@
 #include "harness.h"
 #include "models/local_tokens.h"
 
+#include <limits.h>
+#include <unistd.h>
+
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "models/image_processor.h"
@@ -19,7 +22,7 @@ static void compare(const char *what, const rb_tensor *got, const rb_tensor *wan
     double md;
     int ok = t_allclose(got->data, want->data, (size_t)rb_numel(want), atol, 0, &md);
     CHECK(ok, "%s: max |diff| %g > %g", what, md, atol);
-    printf("  %-40s max |diff| %.3g (atol %.3g)\n", what, md, atol);
+    fprintf(stderr, "  %-40s max |diff| %.3g (atol %.3g)\n", what, md, atol);
 }
 
 /* [n, g, g, D] channels-last -> [n, D, g, g] as the golden stores dense_features */
@@ -137,7 +140,7 @@ static void t_pool_gradient(void) {
 static void golden_one(const char *cfg, const char *ckpt, const rb_safetensors *io) {
     static rb_local_encoder e;
     REQUIRE(rb_local_encoder_load(&e, ckpt, cfg) == RB_OK, "load %s: %s", ckpt, rb_last_error());
-    printf("  %s (config %s)\n", strrchr(ckpt, '/') + 1, cfg ? "given" : "found next to it");
+    fprintf(stderr, "  %s (config %s)\n", strrchr(ckpt, '/') + 1, cfg ? "given" : "found next to it");
     CHECK(e.vis.cfg.image_size == 56 && e.vis.cfg.layers == 3 && e.vis.cfg.hidden == 32, "config");
     rb_arena arena;
     REQUIRE(rb_arena_init(&arena, 64 << 20, "local tokens test") == RB_OK, "arena");
@@ -273,6 +276,20 @@ static void t_errors(void) {
     CHECK(rb_local_encoder_load(&e, "/nonexistent/epoch_6.pt", NULL) != RB_OK &&
               strstr(rb_last_error(), "/nonexistent/epoch_6.pt"),
           "missing checkpoint named: %s", rb_last_error());
+    /* no open_clip_config.json next to the checkpoint: the built-in ViT-bigG-14 config is used, and
+     * the tiny checkpoint's shapes do not fit it */
+    const char *g = t_golden_path("local_tokens/open_clip.safetensors");
+    char abs[PATH_MAX];
+    if (g && realpath(g, abs)) {
+        char link[512];
+        snprintf(link, sizeof link, "%s/lone.safetensors", t_tmpdir());
+        unlink(link);
+        REQUIRE(symlink(abs, link) == 0, "symlink %s", link);
+        CHECK(rb_local_encoder_load(&e, link, NULL) == RB_ERR_FORMAT && strstr(rb_last_error(), "lone.safetensors"),
+              "bigG config vs tiny checkpoint: %s", rb_last_error());
+        fprintf(stderr, "  built-in ViT-bigG-14 config on the tiny checkpoint: %s\n", rb_last_error());
+        unlink(link);
+    }
     rb_arena arena;
     rb_arena_init(&arena, 1 << 20, "local tokens test");
     rb_ctx c;
