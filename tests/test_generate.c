@@ -15,13 +15,13 @@ static const char *pipeline_dir(const char *golden_pipeline) {
     snprintf(dir, sizeof dir, "%s/%s", t_tmpdir(), strrchr(golden_pipeline, '/') + 1);
     mkdir(dir, 0755);
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-        char src[8192], rel[4096], dst[8192];
+        char src[4096], rel[8192], dst[8192];
         snprintf(rel, sizeof rel, "%s/%s", golden_pipeline, parts[i]);
         t_resolve(rel, src, sizeof src);
         if (src[0] != '/') {
-            char cwd[4096];
+            char cwd[2048];
             if (getcwd(cwd, sizeof cwd))
-                snprintf(rel, sizeof rel, "%s/%s", cwd, src), snprintf(src, sizeof src, "%s", rel);
+                snprintf(rel, sizeof rel, "%s/%s", cwd, src), snprintf(src, sizeof src, "%.4095s", rel);
         }
         snprintf(dst, sizeof dst, "%s/%s", dir, parts[i]);
         unlink(dst);
@@ -114,15 +114,15 @@ static void t_pipeline_ms_diffusion(void) {
     const char *g = t_golden_path("pipeline_ms_diffusion");
     if (!g)
         return;
-    char gdir[4096], iop[8192], pipe[8192], adapter[8192], enc[8192], im0[8192], im1[8192];
+    char gdir[4096], iop[8192], pipe[8192], adapter[8192], enc[4096], im0[8192], im1[8192];
     snprintf(gdir, sizeof gdir, "%s", g);
     snprintf(iop, sizeof iop, "%s/io.safetensors", gdir);
     snprintf(pipe, sizeof pipe, "%s/pipeline", gdir);
     t_resolve(pipe, pipe, sizeof pipe);
     snprintf(adapter, sizeof adapter, "%s/ms_adapter.safetensors", gdir);
     t_resolve(adapter, adapter, sizeof adapter);
-    snprintf(enc, sizeof enc, "%s/image_encoder", gdir);
-    t_resolve(enc, enc, sizeof enc);
+    snprintf(im0, sizeof im0, "%s/image_encoder", gdir);
+    t_resolve(im0, enc, sizeof enc);
     snprintf(im0, sizeof im0, "%s/images/img0_300x200_rgb.png", enc);
     snprintf(im1, sizeof im1, "%s/images/img1_180x240_rgba.png", enc);
     rb_safetensors io;

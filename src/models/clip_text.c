@@ -12,9 +12,24 @@
 #include "core/mem.h"
 #include "io/json.h"
 
+/* A CLIPTextConfig, flat, or nested as "text_config" of a CLIPConfig (a CLIPModel checkpoint). The
+ * nested form is what save_pretrained writes as a diff against CLIPTextConfig's defaults, so absent
+ * keys take those defaults there (and projection_dim falls back to the CLIPConfig's); a flat config
+ * must name its sizes. */
 static rb_status load_config(rb_clip_text_config *c, const char *path) {
-    json_t *j;
-    RB_TRY(rb_json_load_object(path, &j));
+    json_t *root;
+    RB_TRY(rb_json_load_object(path, &root));
+    json_t *j = json_object_get(root, "text_config");
+    int nested = json_is_object(j);
+    if (nested) {
+        json_t *pd = json_object_get(root, "projection_dim");
+        *c = (rb_clip_text_config){.hidden = 512, .intermediate = 2048, .heads = 8, .layers = 12,
+                                   .max_positions = 77, .vocab = 49408,
+                                   .projection_dim = json_is_integer(pd) ? (int)json_integer_value(pd) : 512,
+                                   .eos_token_id = 49407};
+    } else {
+        j = root;
+    }
     static const struct {
         const char *key;
         size_t off;
@@ -34,7 +49,7 @@ static rb_status load_config(rb_clip_text_config *c, const char *path) {
         int *dst = (int *)((char *)c + ints[i].off);
         if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) < (1 << 24))
             *dst = (int)json_integer_value(v);
-        else if (strcmp(ints[i].key, "projection_dim") && strcmp(ints[i].key, "eos_token_id"))
+        else if ((v || !nested) && strcmp(ints[i].key, "projection_dim") && strcmp(ints[i].key, "eos_token_id"))
             s = rb_error(RB_ERR_FORMAT, "%s: missing or invalid '%s'", path, ints[i].key);
     }
     json_t *eps = json_object_get(j, "layer_norm_eps");
@@ -46,7 +61,7 @@ static rb_status load_config(rb_clip_text_config *c, const char *path) {
         c->act = RB_ACT_GELU;
     else
         s = rb_error(RB_ERR_UNSUPPORTED, "%s: hidden_act '%s' is not supported", path, act);
-    json_decref(j);
+    json_decref(root);
     if (s == RB_OK && (c->heads <= 0 || c->hidden % c->heads || c->layers > 64 || c->layers < 1))
         s = rb_error(RB_ERR_FORMAT, "%s: inconsistent sizes (hidden %d, heads %d, layers %d)", path, c->hidden,
                      c->heads, c->layers);

@@ -30,7 +30,8 @@ typedef struct rb_clip_text {
     rb_tensor *projection; /* [proj, D] or NULL (CLIPTextModel) */
 } rb_clip_text;
 
-/* config.json in `dir` plus model.safetensors (or the given .safetensors file next to config.json). */
+/* config.json in `dir` (a CLIPTextConfig, or a CLIPConfig whose "text_config" is used: a CLIPModel
+ * checkpoint, whose vision keys are then left unused) plus model.safetensors. */
 rb_status rb_clip_text_load(rb_clip_text *m, const char *dir);
 void rb_clip_text_free(rb_clip_text *m);
 
