@@ -133,6 +133,7 @@ static void t_pipeline_ms_diffusion(void) {
     p.prompt = "best quality, high quality, a cat and a dog on the beach";
     p.steps = 4, p.width = p.height = 128, p.guidance = 5.0f, p.ip_scale = 0.6f;
     p.ms_adapter = adapter, p.image_encoder = enc, p.resampler_dim_head = 8;
+    p.ref_resize = 0; /* MS-Diffusion feeds the images as they are */
     p.n_subjects = 2;
     p.subjects[0] = (rb_subject){im0, "cat", {0.05f, 0.2f, 0.45f, 0.8f}};
     p.subjects[1] = (rb_subject){im1, "dog", {0.55f, 0.25f, 0.95f, 0.75f}};
@@ -152,6 +153,62 @@ static void t_pipeline_ms_diffusion(void) {
     }
     rb_st_close(&io);
 }
+
+/* DreamRelation's own inference: references resized to 512, RelationLoRA, with and without local tokens. */
+static void dreamrelation(const char *variant, int with_local) {
+    const char *g = t_golden_path("pipeline_dreamrelation");
+    if (!g)
+        return;
+    char gdir[4096], iop[8192], pipe[8192], adapter[8192], enc[4096], im0[8192], im1[8192], lora[8192], local[8192];
+    snprintf(gdir, sizeof gdir, "%s", g);
+    snprintf(iop, sizeof iop, "%s/io.safetensors", gdir);
+    snprintf(im0, sizeof im0, "%s/pipeline", gdir);
+    t_resolve(im0, pipe, sizeof pipe);
+    snprintf(im0, sizeof im0, "%s/ms_adapter.safetensors", gdir);
+    t_resolve(im0, adapter, sizeof adapter);
+    snprintf(im0, sizeof im0, "%s/image_encoder", gdir);
+    t_resolve(im0, enc, sizeof enc);
+    snprintf(im0, sizeof im0, "%s/images/img0_300x200_rgb.png", enc);
+    snprintf(im1, sizeof im1, "%s/images/img1_180x240_rgba.png", enc);
+    snprintf(lora, sizeof lora, "%s/pytorch_lora_weights.safetensors", gdir);
+    snprintf(local, sizeof local, "%s/local_image_encoder/epoch_6.pt", gdir);
+    rb_safetensors io;
+    REQUIRE(rb_st_open(&io, iop) == RB_OK, "%s", rb_last_error());
+    rb_gen_params p;
+    rb_gen_params_init(&p); /* official defaults: negative prompt, gamma 0.6, references resized to 512 */
+    p.model = pipeline_dir(pipe);
+    p.prompt = "A cat is hugging a dog in the garden.";
+    p.steps = 4, p.width = p.height = 128;
+    p.ms_adapter = adapter, p.image_encoder = enc, p.resampler_dim_head = 8;
+    p.n_subjects = 2;
+    p.subjects[0] = (rb_subject){im0, "cat", {0.0f, 0.2f, 0.55f, 0.85f}};
+    p.subjects[1] = (rb_subject){im1, "dog", {0.5f, 0.25f, 0.95f, 0.9f}};
+    p.loras[0] = (rb_lora_ref){lora, 1.0f};
+    p.n_loras = 1;
+    p.local_encoder = with_local ? local : NULL;
+    p.initial_latents = rb_st_get(&io, "initial_latents")->data;
+    p.arena_bytes = (size_t)512 << 20;
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "%s.", variant);
+    golden_steps gs = {.io = &io, .prefix = prefix};
+    p.on_step = on_step, p.user = &gs;
+    rb_image img;
+    rb_status s = rb_generate(&p, &img);
+    CHECK(s == RB_OK, "generate: %s", rb_last_error());
+    if (s == RB_OK) {
+        CHECK(gs.worst_ctx < 2e-5 && gs.worst_sample < 1e-4 && gs.worst_pred < 2e-5 && gs.worst_lat < 1e-4,
+              "%s max |diff|: context %g, unet input %g, noise_pred %g, latents %g", variant, gs.worst_ctx,
+              gs.worst_sample, gs.worst_pred, gs.worst_lat);
+        char key[64];
+        snprintf(key, sizeof key, "%s.image", variant);
+        check_image(&img, rb_st_get(&io, key));
+        rb_image_free(&img);
+    }
+    rb_st_close(&io);
+}
+
+static void t_dreamrelation_global(void) { dreamrelation("global_only", 0); }
+static void t_dreamrelation_local(void) { dreamrelation("with_local", 1); }
 
 static void t_bad_params(void) {
     rb_gen_params p;
@@ -174,5 +231,7 @@ int main(void) {
     RUN(t_bad_params);
     RUN(t_pipeline_sdxl);
     RUN(t_pipeline_ms_diffusion);
+    RUN(t_dreamrelation_global);
+    RUN(t_dreamrelation_local);
     return t_done();
 }

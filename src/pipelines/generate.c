@@ -19,6 +19,7 @@
 #include "models/clip_text.h"
 #include "models/clip_vision.h"
 #include "models/image_processor.h"
+#include "models/local_tokens.h"
 #include "models/ms_adapter.h"
 #include "models/vae.h"
 #include "text/clip_tokenizer.h"
@@ -36,6 +37,8 @@ void rb_gen_params_init(rb_gen_params *p) {
     p->batch_count = 1;
     p->ip_scale = 0.6f;
     p->resampler_dim_head = 64;
+    p->ref_resize = 512;
+    p->local_pool = RB_LOCAL_DEFAULT_POOL;
     p->compute = RB_F32;
     p->negative_prompt = rb_default_negative_prompt;
 }
@@ -159,56 +162,94 @@ done:
 
 /* ---- stage 2: subjects -> image tokens ---- */
 
-static rb_status load_pixels(run *r, rb_ctx *c, rb_tensor **out) {
-    const rb_gen_params *p = r->p;
-    char path[4096];
-    rb_preprocess_config pc;
-    path_join(path, sizeof path, p->image_encoder, "preprocessor_config.json");
-    RB_TRY(rb_preprocess_config_load(&pc, path));
+/* Pixel tensors [n, 3, size, size] of the references through one processor config. */
+static rb_status pixels(rb_ctx *c, const rb_image *imgs, int n, const rb_preprocess_config *pc, rb_tensor **out) {
     int oh, ow;
-    RB_TRY(rb_preprocess_output_size(&pc, 224, 224, &oh, &ow));
-    rb_tensor *px = rb_ctx_tensor(c, RB_F32, 4, (int64_t[]){p->n_subjects, 3, oh, ow});
+    RB_TRY(rb_preprocess_output_size(pc, imgs[0].width, imgs[0].height, &oh, &ow));
+    rb_tensor *px = rb_ctx_tensor(c, RB_F32, 4, (int64_t[]){n, 3, oh, ow});
     if (!px)
         return c->status;
-    for (int i = 0; i < p->n_subjects; i++) {
-        rb_image img = {0};
-        rb_status s = rb_image_load(&img, p->subjects[i].image, 3);
-        if (s == RB_OK && (s = rb_preprocess_output_size(&pc, img.width, img.height, &oh, &ow)) == RB_OK &&
-            (oh != px->shape[2] || ow != px->shape[3]))
-            s = rb_error(RB_ERR_UNSUPPORTED, "%s: the image processor gives %dx%d crops for it, not a fixed size",
-                         p->subjects[i].image, ow, oh);
-        if (s == RB_OK)
-            s = rb_image_preprocess(&img, &pc, (float *)px->data + (int64_t)i * 3 * oh * ow);
-        rb_image_free(&img);
-        if (s != RB_OK)
-            return rb_error_prefix(s, "subject %d", i + 1);
+    for (int i = 0; i < n; i++) {
+        int h, w;
+        RB_TRY(rb_preprocess_output_size(pc, imgs[i].width, imgs[i].height, &h, &w));
+        if (h != oh || w != ow)
+            return rb_error(RB_ERR_UNSUPPORTED, "subject %d: the image processor gives a %dx%d crop, not %dx%d", i + 1,
+                            w, h, ow, oh);
+        RB_TRY(rb_image_preprocess(&imgs[i], pc, (float *)px->data + (int64_t)i * 3 * oh * ow));
     }
     *out = px;
     return RB_OK;
 }
 
+/* The references, RGB, resized to ref_resize x ref_resize first when asked (DreamRelation's
+ * `.convert("RGB").resize((512, 512))`, Pillow's default bicubic). */
+static rb_status load_references(const rb_gen_params *p, rb_image *imgs) {
+    for (int i = 0; i < p->n_subjects; i++) {
+        rb_image img = {0};
+        rb_status s = rb_image_load(&img, p->subjects[i].image, 3);
+        if (s == RB_OK && p->ref_resize > 0) {
+            s = rb_image_resize(&imgs[i], &img, p->ref_resize, p->ref_resize, RB_RESAMPLE_BICUBIC);
+            rb_image_free(&img);
+        } else {
+            imgs[i] = img;
+        }
+        if (s != RB_OK)
+            return rb_error_prefix(s, "subject %d", i + 1);
+    }
+    return RB_OK;
+}
+
+/* Resampler input: CLIP hidden_states[-2] of the 224 crops [n, 257, D], plus N*N local tokens per
+ * subject from the 896 crops when a local encoder is given. */
+static rb_tensor *image_features(run *r, rb_ctx *c, const rb_image *imgs) {
+    const rb_gen_params *p = r->p;
+    char path[4096];
+    rb_preprocess_config pc;
+    path_join(path, sizeof path, p->image_encoder, "preprocessor_config.json");
+    rb_clip_vision enc;
+    rb_status s = rb_preprocess_config_load(&pc, path);
+    if (s != RB_OK || (s = rb_clip_vision_load(&enc, p->image_encoder)) != RB_OK)
+        return rb_ctx_fail(c, s);
+    rb_tensor *px = NULL, *feat = NULL;
+    rb_clip_vision_out o;
+    if ((s = pixels(c, imgs, p->n_subjects, &pc, &px)) == RB_OK && (s = rb_clip_vision_forward(c, &enc, px, 0, &o)) == RB_OK)
+        feat = o.penultimate;
+    rb_clip_vision_free(&enc);
+    if (!feat || !p->local_encoder)
+        return feat ? feat : rb_ctx_fail(c, s);
+    /* CLIPImageProcessor(size=896, crop_size=896) */
+    rb_local_encoder le;
+    if ((s = rb_local_encoder_load(&le, p->local_encoder, p->local_encoder_config)) != RB_OK)
+        return rb_ctx_fail(c, s);
+    pc.shortest_edge = pc.crop_h = pc.crop_w = RB_LOCAL_DEFAULT_IMAGE;
+    rb_tensor *px896 = NULL;
+    if ((s = pixels(c, imgs, p->n_subjects, &pc, &px896)) != RB_OK)
+        feat = rb_ctx_fail(c, s);
+    else
+        feat = rb_local_concat(c, feat, rb_local_tokens(c, &le, px896, p->local_pool, p->official_pooling));
+    rb_local_encoder_free(&le);
+    return feat;
+}
+
 static rb_status stage_image(run *r, rb_ms_adapter *ad) {
     const rb_gen_params *p = r->p;
-    rb_clip_vision enc;
-    RB_TRY(rb_clip_vision_load(&enc, p->image_encoder));
+    rb_image imgs[RB_MAX_SUBJECTS] = {0};
     progress(r, "image", 0, 1);
     rb_ctx c;
     rb_ctx_init(&c, &r->work);
     c.matmul_dtype = p->compute;
-    rb_tensor *px = NULL;
-    rb_status s = load_pixels(r, &c, &px);
-    rb_clip_vision_out o;
-    if (s == RB_OK)
-        s = rb_clip_vision_forward(&c, &enc, px, 0, &o);
+    rb_status s = load_references(p, imgs);
     if (s == RB_OK) {
         float boxes[4 * RB_MAX_SUBJECTS];
         for (int i = 0; i < p->n_subjects; i++)
             memcpy(boxes + 4 * i, p->subjects[i].box, sizeof p->subjects[i].box);
-        rb_tensor *tok = rb_resampler_forward(&c, &ad->resampler, o.penultimate, boxes, r->phrase_embeds, NULL);
+        rb_tensor *feat = image_features(r, &c, imgs);
+        rb_tensor *tok = rb_resampler_forward(&c, &ad->resampler, feat, boxes, r->phrase_embeds, NULL);
         r->image_tokens = keep(r, rb_ms_image_tokens(&c, ad, tok));
         s = c.status != RB_OK ? c.status : r->image_tokens ? RB_OK : RB_ERR_OOM;
     }
-    rb_clip_vision_free(&enc);
+    for (int i = 0; i < p->n_subjects; i++)
+        rb_image_free(&imgs[i]);
     rb_arena_reset(&r->work, 0);
     progress(r, "image", 1, 1);
     return s;

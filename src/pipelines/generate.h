@@ -55,6 +55,11 @@ typedef struct rb_gen_params {
     const char *ms_adapter;       /* ms_adapter.bin or .safetensors */
     const char *image_encoder;    /* CLIP vision folder (config.json, model.safetensors, preprocessor_config.json) */
     int resampler_dim_head;       /* 64 for the released adapter */
+    int ref_resize;               /* > 0: references are resized to this square first (DreamRelation: 512; MS-Diffusion: 0) */
+    const char *local_encoder;    /* DreamRelation's CLIPSelf checkpoint (epoch_6.pt) or NULL: local tokens off */
+    const char *local_encoder_config; /* open_clip json, or NULL (next to the checkpoint, else ViT-bigG-14) */
+    int local_pool;               /* N: N x N local tokens per subject (4) */
+    int official_pooling;         /* 1: the released code's pooling (every subject from image 0) */
     float ip_scale;               /* gamma, 0.6 */
     rb_subject subjects[RB_MAX_SUBJECTS];
     int n_subjects;
