@@ -1,5 +1,6 @@
 /* The generation pipeline against golden/pipeline_sdxl (plain SDXL) and golden/pipeline_ms_diffusion
  * (MS-Diffusion subjects): every step's UNet input, output and latents, and the final image. */
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -227,7 +228,94 @@ static void t_bad_params(void) {
           rb_last_error());
 }
 
-int main(void) {
+/* ---- the command line ---- */
+
+static char relbooth_bin[4096];
+
+/* Runs the CLI with stderr captured; returns the exit status (-1 on a signal) and the stderr lines. */
+static int run_cli(const char *args, char *err, size_t n, int *lines) {
+    char cmd[40000], errfile[4200];
+    snprintf(errfile, sizeof errfile, "%s/stderr.txt", t_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>%s", relbooth_bin, args, errfile);
+    int st = system(cmd);
+    FILE *f = fopen(errfile, "r");
+    size_t got = f ? fread(err, 1, n - 1, f) : 0;
+    if (f)
+        fclose(f);
+    err[got] = 0;
+    *lines = 0;
+    for (size_t i = 0; i < got; i++)
+        *lines += err[i] == '\n';
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void t_cli_generate(void) {
+    const char *g = t_golden_path("pipeline_dreamrelation");
+    if (!g)
+        return;
+    char gdir[4096], pipe[8192], tmp[8192], enc[4096], adapter[4096], yaml[8400], args[32768], err[4096];
+    snprintf(gdir, sizeof gdir, "%s", g);
+    snprintf(tmp, sizeof tmp, "%s/pipeline", gdir);
+    t_resolve(tmp, pipe, sizeof pipe);
+    const char *model = pipeline_dir(pipe);
+    REQUIRE(model, "model folder");
+    char model_s[4096];
+    snprintf(model_s, sizeof model_s, "%s", model);
+    snprintf(tmp, sizeof tmp, "%s/image_encoder", gdir);
+    t_resolve(tmp, enc, sizeof enc);
+    snprintf(tmp, sizeof tmp, "%s/ms_adapter.safetensors", gdir);
+    t_resolve(tmp, adapter, sizeof adapter);
+    /* DreamRelation's YAML config format */
+    snprintf(yaml, sizeof yaml, "%s/dr.yaml", t_tmpdir());
+    FILE *f = fopen(yaml, "w");
+    REQUIRE(f, "yaml");
+    fprintf(f, "lora_weights: %s/pytorch_lora_weights.safetensors\nclass_names: [\"cat\", \"dog\"]\n"
+               "prompt: \"A cat is hugging a dog in the garden.\"\n"
+               "images_path: [\"%s/images/img0_300x200_rgb.png\", \"%s/images/img1_180x240_rgba.png\"]\n"
+               "boxes: [[[0.0, 0.2, 0.55, 0.85], [0.5, 0.25, 0.95, 0.9]]]\nphrases: [[\"cat\", \"dog\"]]\n",
+            gdir, enc, enc);
+    fclose(f);
+    char out[4300];
+    snprintf(out, sizeof out, "%s/cli.png", t_tmpdir());
+    int lines;
+    snprintf(args, sizeof args,
+             "generate -m %s --config %s --ms-adapter %s --image-encoder %s --resampler-dim-head 8 -W 64 -H 64 "
+             "--steps 2 -b 2 -o %s -q",
+             model_s, yaml, adapter, enc, out);
+    int rc = run_cli(args, err, sizeof err, &lines);
+    CHECK(rc == 0, "generate exit %d: %s", rc, err);
+    char o0[4400], o1[4400];
+    snprintf(o0, sizeof o0, "%s/cli_0.png", t_tmpdir());
+    snprintf(o1, sizeof o1, "%s/cli_1.png", t_tmpdir());
+    rb_image img = {0};
+    CHECK(rb_image_load(&img, o0, 0) == RB_OK && img.width == 64 && img.height == 64, "first image");
+    rb_image_free(&img);
+    CHECK(rb_image_probe(&img, o1) == RB_OK, "second image");
+    /* bad input: one line on stderr, exit 2, no output file */
+    snprintf(args, sizeof args, "generate -m %s/nonexistent -p x -W 64 -H 64 -o %s/none.png", t_tmpdir(), t_tmpdir());
+    rc = run_cli(args, err, sizeof err, &lines);
+    CHECK(rc == 2 && lines == 1 && strstr(err, "nonexistent"), "missing model: exit %d, %d lines: %s", rc, lines, err);
+    snprintf(tmp, sizeof tmp, "%s/none.png", t_tmpdir());
+    CHECK(access(tmp, F_OK) != 0, "no output left behind");
+    snprintf(args, sizeof args,
+             "generate -m %s -p x --subject /nonexistent.png:cat:0,0,0.5,0.5 --ms-adapter %s --image-encoder %s "
+             "--resampler-dim-head 8 -W 64 -H 64 --steps 1 -o %s/none.png",
+             model_s, adapter, enc, t_tmpdir());
+    rc = run_cli(args, err, sizeof err, &lines);
+    CHECK(rc == 2 && lines == 1 && strstr(err, "subject 1"), "missing subject image: exit %d: %s", rc, err);
+    rc = run_cli("generate -p x", err, sizeof err, &lines);
+    CHECK(rc == 1, "no model is a usage error (exit %d)", rc);
+    rc = run_cli("generate -m m -p x --subject nonsense", err, sizeof err, &lines);
+    CHECK(rc == 1 && strstr(err, "subject"), "malformed --subject: exit %d: %s", rc, err);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    snprintf(relbooth_bin, sizeof relbooth_bin, "%s", argv[0]);
+    char *slash = strrchr(relbooth_bin, '/');
+    snprintf(slash ? slash + 1 : relbooth_bin, sizeof relbooth_bin - (size_t)(slash ? slash + 1 - relbooth_bin : 0),
+             "../relbooth");
+    RUN(t_cli_generate);
     RUN(t_bad_params);
     RUN(t_pipeline_sdxl);
     RUN(t_pipeline_ms_diffusion);

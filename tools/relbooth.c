@@ -10,6 +10,7 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *help;
 } commands[] = {
+    {"generate", cmd_generate, "generate images: SDXL, or relation-aware customized (DreamRelation)"},
     {"info", cmd_info, "show what a checkpoint or image file holds"},
     {"predicate", cmd_predicate, "print the relation predicate of a prompt template"},
     {"bench", cmd_bench, "measure kernels against this machine's matrix-multiply peak"},
