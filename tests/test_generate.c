@@ -1,11 +1,15 @@
 /* The generation pipeline against golden/pipeline_sdxl (plain SDXL) and golden/pipeline_ms_diffusion
- * (MS-Diffusion subjects): every step's UNet input, output and latents, and the final image. */
+ * (MS-Diffusion subjects) and golden/pipeline_dreamrelation: every step's UNet input, output and
+ * latents, and the final image; plain SDXL also from one SGM checkpoint file built from the golden
+ * components; and the relbooth generate command. */
+#include <limits.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
 #include "io/safetensors.h"
 #include "pipelines/generate.h"
+#include "sgm_text.h"
 
 /* The golden pipeline folders link their components (as link stubs in some checkouts): make a folder
  * of real symlinks to the resolved components so that the library sees an ordinary diffusers folder. */
@@ -77,18 +81,18 @@ static void check_image(const rb_image *img, const rb_tensor *want) {
           sum / (3.0 * plane));
 }
 
-static void t_pipeline_sdxl(void) {
-    const char *g = t_golden_path("pipeline_sdxl");
-    if (!g)
-        return;
-    char gdir[4096], iop[8192];
-    snprintf(gdir, sizeof gdir, "%s", g);
+/* golden/pipeline_sdxl's run from `model` (a folder, or a single file with its tokenizers and configs). */
+static void run_sdxl(const char *gdir, const char *model, const char *tokenizers_dir, const char *config_dir) {
+    char iop[8192];
     snprintf(iop, sizeof iop, "%s/io.safetensors", gdir);
     rb_safetensors io;
+    REQUIRE(model, "model");
     REQUIRE(rb_st_open(&io, iop) == RB_OK, "%s", rb_last_error());
     rb_gen_params p;
     rb_gen_params_init(&p);
-    p.model = pipeline_dir(gdir);
+    p.model = model;
+    p.tokenizers_dir = tokenizers_dir;
+    p.model_config_dir = config_dir;
     p.prompt = "A cat is hugging a dog in front of the mountain.";
     p.negative_prompt = NULL;
     p.steps = 4, p.width = p.height = 128, p.guidance = 5.0f;
@@ -109,6 +113,88 @@ static void t_pipeline_sdxl(void) {
         rb_image_free(&img);
     }
     rb_st_close(&io);
+}
+
+static void t_pipeline_sdxl(void) {
+    const char *g = t_golden_path("pipeline_sdxl");
+    if (!g)
+        return;
+    char gdir[4096];
+    snprintf(gdir, sizeof gdir, "%s", g);
+    run_sdxl(gdir, pipeline_dir(gdir), NULL, NULL);
+}
+
+/* Appends the tensors of golden `cases`/`file` to l, rewritten by `add`; returns the opened file (kept open
+ * until written, as the list points into it). */
+static int add_golden(sgm_list *l, rb_safetensors *f, const char *cases, const char *file, int how) {
+    char path[8192];
+    const char *g = t_golden_path(cases);
+    if (!g)
+        return 0;
+    snprintf(path, sizeof path, "%s/%s", g, file);
+    t_resolve(path, path, sizeof path);
+    if (rb_st_open(f, path) != RB_OK)
+        return 0;
+    if (how == 0)
+        sgm_add_file(l, f);
+    else if (how == 1)
+        sgm_add_clip_l(l, f);
+    else if (sgm_add_clip_g(l, f) < 0)
+        return 0;
+    return 1;
+}
+
+/* The same run from one SDXL checkpoint file in the SGM layout, built at test time from the golden
+ * components (sgm_text.h): UNet model.diffusion_model.*, VAE first_stage_model.*, text encoders
+ * conditioner.embedders.{0,1}.*. Tokenizers from golden/clip_tokenizer (which has no scheduler/:
+ * SDXL's default scheduler config applies), the tiny models' config.json files from a config folder
+ * (their head counts and VAE sizes are not what the shapes and the SDXL preset give). */
+static void t_pipeline_sdxl_single_file(void) {
+    const char *g = t_golden_path("pipeline_sdxl");
+    if (!g)
+        return;
+    char gdir[4096], file[4096], tok[4096], cfgdir[4096];
+    snprintf(gdir, sizeof gdir, "%s", g);
+    static sgm_list l;
+    rb_safetensors f[4];
+    int ok = add_golden(&l, &f[0], "unet_sdxl", "sgm_unet.safetensors", 0) &&
+             add_golden(&l, &f[1], "vae", "sgm_vae.safetensors", 0) &&
+             add_golden(&l, &f[2], "clip_text_l", "model.safetensors", 1) &&
+             add_golden(&l, &f[3], "clip_text_g", "model.safetensors", 2);
+    REQUIRE(ok, "golden components: %s", rb_last_error());
+    snprintf(file, sizeof file, "%s/sdxl_single.safetensors", t_tmpdir());
+    rb_status s = sgm_write(&l, file);
+    sgm_free(&l);
+    for (int i = 0; i < 4; i++)
+        rb_st_close(&f[i]);
+    REQUIRE(s == RB_OK, "write: %s", rb_last_error());
+
+    /* configs: symlinks to the golden component configs */
+    static const char *const comps[][2] = {
+        {"unet", "unet_sdxl"}, {"vae", "vae"}, {"text_encoder", "clip_text_l"}, {"text_encoder_2", "clip_text_g"}};
+    snprintf(cfgdir, sizeof cfgdir, "%s/single_configs", t_tmpdir());
+    mkdir(cfgdir, 0755);
+    for (size_t i = 0; i < sizeof comps / sizeof *comps; i++) {
+        char src[8192], dst[8192];
+        snprintf(dst, sizeof dst, "%s/%s", cfgdir, comps[i][0]);
+        mkdir(dst, 0755);
+        snprintf(dst, sizeof dst, "%s/%s/config.json", cfgdir, comps[i][0]);
+        char rel[8192], abs[PATH_MAX];
+        snprintf(rel, sizeof rel, "%s/config.json", t_golden_path(comps[i][1]));
+        t_resolve(rel, src, sizeof src);
+        unlink(dst);
+        REQUIRE(realpath(src, abs) && symlink(abs, dst) == 0, "symlink %s -> %s", dst, src);
+    }
+    snprintf(tok, sizeof tok, "%s", t_golden_path("clip_tokenizer"));
+    run_sdxl(gdir, file, tok, cfgdir);
+
+    /* a single file without tokenizers is refused up front, naming what is missing */
+    rb_gen_params p;
+    rb_gen_params_init(&p);
+    p.model = file, p.prompt = "x";
+    rb_image img;
+    CHECK(rb_generate(&p, &img) == RB_ERR_INVALID && strstr(rb_last_error(), "tokenizer"), "no tokenizers: %s",
+          rb_last_error());
 }
 
 static void t_pipeline_ms_diffusion(void) {
@@ -318,6 +404,7 @@ int main(int argc, char **argv) {
     RUN(t_cli_generate);
     RUN(t_bad_params);
     RUN(t_pipeline_sdxl);
+    RUN(t_pipeline_sdxl_single_file);
     RUN(t_pipeline_ms_diffusion);
     RUN(t_dreamrelation_global);
     RUN(t_dreamrelation_local);

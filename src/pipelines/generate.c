@@ -6,7 +6,8 @@
  *   3. denoise with CFG: rows [uncond | cond]; the uncond row gets zero image tokens and zero boxes
  *   4. VAE decode, image / 2 + 0.5 clamped, to 8 bit as diffusers' numpy_to_pil ((x * 255).round()).
  * Every stage loads its models, runs, and releases them; results that later stages need are copied
- * into a small `keep` arena. */
+ * into a small `keep` arena. Where each model comes from (a diffusers folder or one checkpoint file)
+ * is gen_load.c's business. */
 #include "generate.h"
 
 #include <jansson.h>
@@ -22,6 +23,7 @@
 #include "models/local_tokens.h"
 #include "models/ms_adapter.h"
 #include "models/vae.h"
+#include "pipelines/gen_load.h"
 #include "text/clip_tokenizer.h"
 
 const char *const rb_default_negative_prompt = "monochrome, lowres, bad anatomy, worst quality, low quality";
@@ -102,19 +104,9 @@ static rb_status encode_prompt(rb_ctx *c, const text_models *m, const char *text
 static rb_status stage_text(run *r) {
     const rb_gen_params *p = r->p;
     text_models m = {0};
-    char path[4096];
     rb_status s;
-    path_join(path, sizeof path, p->model, "tokenizer");
-    if ((s = rb_clip_tokenizer_load(&m.tok1, path)) != RB_OK)
-        goto done;
-    path_join(path, sizeof path, p->model, "tokenizer_2");
-    if ((s = rb_clip_tokenizer_load(&m.tok2, path)) != RB_OK)
-        goto done;
-    path_join(path, sizeof path, p->model, "text_encoder");
-    if ((s = rb_clip_text_load(&m.te1, path)) != RB_OK)
-        goto done;
-    path_join(path, sizeof path, p->model, "text_encoder_2");
-    if ((s = rb_clip_text_load(&m.te2, path)) != RB_OK)
+    if ((s = rb_gen_load_tokenizers(p, &m.tok1, &m.tok2)) != RB_OK ||
+        (s = rb_gen_load_text_encoders(p, &m.te1, &m.te2)) != RB_OK)
         goto done;
     progress(r, "text", 0, 1);
     rb_ctx c;
@@ -370,7 +362,7 @@ static rb_status decode(run *r, const rb_vae *vae, rb_tensor *lat, rb_image *img
 
 static rb_status check_params(const rb_gen_params *p) {
     if (!p->model || !p->prompt)
-        return rb_error(RB_ERR_INVALID, "generate: a model folder and a prompt are required");
+        return rb_error(RB_ERR_INVALID, "generate: a model (folder or single file) and a prompt are required");
     if (p->width < 64 || p->height < 64 || p->width % 8 || p->height % 8 || p->width > 4096 || p->height > 4096)
         return rb_error(RB_ERR_INVALID, "generate: size %dx%d (multiples of 8, 64..4096)", p->width, p->height);
     if (p->steps < 1 || p->steps > RB_SCHED_MAX_STEPS || p->batch_count < 1 || p->batch_count > 1000)
@@ -392,14 +384,12 @@ static rb_status check_params(const rb_gen_params *p) {
             return rb_error(RB_ERR_INVALID, "subject %d: box (%g, %g, %g, %g) is empty (x1 <= x0 or y1 <= y0)", i + 1,
                             b[0], b[1], b[2], b[3]);
     }
-    return RB_OK;
+    return rb_gen_check_sources(p);
 }
 
 static rb_status load_scheduler(const rb_gen_params *p, rb_scheduler *sch) {
-    char path[4096];
     rb_sched_config sc;
-    path_join(path, sizeof path, p->model, "scheduler/scheduler_config.json");
-    RB_TRY(rb_sched_config_load(&sc, path));
+    RB_TRY(rb_gen_load_sched_config(p, &sc));
     sc.karras |= p->karras;
     RB_TRY(rb_sched_init(sch, &sc, p->sampler));
     return rb_sched_set_timesteps(sch, p->steps);
@@ -416,7 +406,6 @@ rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
     rb_vae vae = {0};
     rb_ms_adapter ad = {0};
     int have_ad = 0;
-    char path[4096];
     rb_status s = !sch || !loras ? RB_ERR_OOM : RB_OK;
     if (s == RB_OK)
         s = rb_arena_init(&r.keep, (size_t)64 << 20, "generate: kept tensors");
@@ -426,10 +415,8 @@ rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
         s = load_scheduler(p, sch);
     if (s == RB_OK)
         s = stage_text(&r);
-    if (s == RB_OK) {
-        path_join(path, sizeof path, p->model, "unet/config.json");
-        s = rb_unet_config_load(&r.unet_cfg, path);
-    }
+    if (s == RB_OK)
+        s = rb_gen_unet_config(p, &r.unet_cfg);
     if (s == RB_OK && p->n_subjects) { /* the adapter is indexed by the UNet's processors: a skeleton suffices */
         rb_unet skel = {0};
         s = rb_unet_init(&skel, &r.unet_cfg);
@@ -439,10 +426,8 @@ rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
         if (s == RB_OK)
             s = stage_image(&r, &ad);
     }
-    if (s == RB_OK) {
-        path_join(path, sizeof path, p->model, "unet");
-        s = rb_unet_load_dir(&unet, path);
-    }
+    if (s == RB_OK)
+        s = rb_gen_load_unet(p, &unet);
     for (int i = 0; s == RB_OK && i < p->n_loras; i++) {
         rb_lora_options o = rb_lora_defaults();
         o.scale = p->loras[i].scale;
@@ -469,10 +454,8 @@ rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
     rb_unet_free(&unet);
     if (have_ad)
         rb_ms_adapter_free(&ad);
-    if (s == RB_OK) {
-        path_join(path, sizeof path, p->model, "vae");
-        s = rb_vae_load(&vae, path, NULL);
-    }
+    if (s == RB_OK)
+        s = rb_gen_load_vae(p, &vae);
     for (int b = 0; s == RB_OK && b < p->batch_count; b++) {
         progress(&r, "decode", b, p->batch_count);
         s = decode(&r, &vae, all[b], &images[b]);

@@ -1,6 +1,6 @@
 /* Text-to-image with SDXL, and relation-aware customized generation (DreamRelation = MS-Diffusion's
- * identity injection + RelationLoRA [+ local tokens]): the whole run from a diffusers SDXL folder to
- * images. Models are loaded in stages and released when their stage is done (text encoders, then
+ * identity injection + RelationLoRA [+ local tokens]): the whole run from a diffusers SDXL folder, or
+ * a single SDXL checkpoint file plus its tokenizers, to images. Models are loaded in stages and released when their stage is done (text encoders, then
  * the image encoder and resampler, then the UNet, then the VAE), so peak memory is the largest
  * stage, not the sum. With no subjects it is plain SDXL (+ LoRA). */
 #ifndef RB_PIPELINES_GENERATE_H
@@ -39,7 +39,15 @@ typedef struct rb_gen_step {
 } rb_gen_step;
 
 typedef struct rb_gen_params {
-    const char *model; /* diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/) */
+    const char *model; /* diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/),
+                        * or a single SDXL checkpoint file (SGM layout; see pipelines/gen_load.h) */
+    const char *tokenizers_dir;   /* single file only (required there): folder with tokenizer/ and tokenizer_2/
+                                   * (and optionally scheduler/scheduler_config.json; else SDXL's default).
+                                   * Real single files hold no tokenizers: diffusers' from_single_file
+                                   * fetches them from the base repository too */
+    const char *model_config_dir; /* single file only (optional): {unet,vae,text_encoder,text_encoder_2}/config.json
+                                   * overriding the configs detected from the tensor shapes / the SDXL VAE
+                                   * preset (for models whose head counts the shapes do not give) */
     const char *prompt;
     const char *negative_prompt; /* NULL: zero embeddings (SDXL's force_zeros_for_empty_prompt) */
     int width, height, steps;
