@@ -17,7 +17,12 @@ static void usage(FILE *f) {
             "       relbooth generate -m MODEL_DIR --config DREAMRELATION.yaml --ms-adapter ms_adapter.bin\n"
             "                         --image-encoder CLIP_VISION_DIR [options]\n"
             "\n"
-            "  -m, --model DIR          SDXL in the diffusers layout (model_index.json, unet/, vae/, ...)\n"
+            "  -m, --model DIR|FILE     SDXL in the diffusers layout (model_index.json, unet/, vae/, ...), or one\n"
+            "                           original single-file checkpoint (.safetensors) with --tokenizers\n"
+            "      --tokenizers DIR     for a single file: a folder with tokenizer/ and tokenizer_2/ (and optionally\n"
+            "                           scheduler/); single files hold no tokenizers\n"
+            "      --model-configs DIR  for a single file: {unet,vae,text_encoder,text_encoder_2}/config.json overriding\n"
+            "                           the configs detected from tensor shapes\n"
             "  -p, --prompt TEXT        the prompt, with the relation (\"A cat is hugging a dog.\")\n"
             "  -n, --negative-prompt T  default with subjects: \"%s\";\n"
             "                           without: none (zero embeddings, as SDXL); --negative-prompt \"\" encodes \"\"\n"
@@ -258,6 +263,10 @@ int cmd_generate(int argc, char **argv) {
                 p.n_subjects++;
             } else if (!strcmp(a, "--config"))
                 config = v;
+            else if (!strcmp(a, "--tokenizers"))
+                p.tokenizers_dir = v;
+            else if (!strcmp(a, "--model-configs"))
+                p.model_config_dir = v;
             else if (!strcmp(a, "--ms-adapter"))
                 p.ms_adapter = v;
             else if (!strcmp(a, "--image-encoder"))
