@@ -20,3 +20,13 @@ rb_status rb_json_load_object(const char *path, json_t **out) {
     *out = j;
     return RB_OK;
 }
+
+rb_status rb_json_get_int(json_t *j, const char *key, int *dst, const char *path) {
+    json_t *v = json_object_get(j, key);
+    if (!v || json_is_null(v))
+        return RB_OK;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (1 << 24))
+        return rb_error(RB_ERR_FORMAT, "%s: invalid '%s'", path, key);
+    *dst = (int)json_integer_value(v);
+    return RB_OK;
+}

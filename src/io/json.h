@@ -13,4 +13,8 @@
  * caller owns *out (json_decref). */
 rb_status rb_json_load_object(const char *path, json_t **out);
 
+/* Integer `key` of object j (0 <= value < 2^24, sizes of a model config) into *dst: absent or null
+ * keeps *dst (the default); present but not such an integer is RB_ERR_FORMAT naming `path` and key. */
+rb_status rb_json_get_int(json_t *j, const char *key, int *dst, const char *path);
+
 #endif

@@ -18,16 +18,6 @@
 
 /* ---- configs ---- */
 
-/* integer `key` of object j into *dst; absent keeps the default; present but invalid is an error */
-static rb_status get_int(json_t *j, const char *key, int *dst, const char *path) {
-    json_t *v = json_object_get(j, key);
-    if (!v || json_is_null(v))
-        return RB_OK;
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (1 << 24))
-        return rb_error(RB_ERR_FORMAT, "%s: invalid '%s'", path, key);
-    *dst = (int)json_integer_value(v);
-    return RB_OK;
-}
 
 static rb_status check_sizes(const rb_clip_vision_config *c, const char *path) {
     if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads || c->layers < 1 || c->layers > 64 ||
@@ -47,15 +37,15 @@ static rb_status load_hf_config(rb_clip_vision_config *c, const char *path) {
                                  .patch_size = 32, .channels = 3, .projection_dim = 512, .layer_norm_eps = 1e-5f,
                                  .act = RB_ACT_QUICK_GELU, .layout = RB_CLIP_LAYOUT_HF};
     rb_status s = RB_OK;
-    if (s == RB_OK) s = get_int(j, "hidden_size", &c->hidden, path);
-    if (s == RB_OK) s = get_int(j, "intermediate_size", &c->intermediate, path);
-    if (s == RB_OK) s = get_int(j, "num_attention_heads", &c->heads, path);
-    if (s == RB_OK) s = get_int(j, "num_hidden_layers", &c->layers, path);
-    if (s == RB_OK) s = get_int(j, "image_size", &c->image_size, path);
-    if (s == RB_OK) s = get_int(j, "patch_size", &c->patch_size, path);
-    if (s == RB_OK) s = get_int(j, "num_channels", &c->channels, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "hidden_size", &c->hidden, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "intermediate_size", &c->intermediate, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "num_attention_heads", &c->heads, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "num_hidden_layers", &c->layers, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "image_size", &c->image_size, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "patch_size", &c->patch_size, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "num_channels", &c->channels, path);
     /* a CLIPConfig keeps projection_dim at the top level */
-    if (s == RB_OK) s = get_int(json_object_get(j, "projection_dim") ? j : root, "projection_dim", &c->projection_dim, path);
+    if (s == RB_OK) s = rb_json_get_int(json_object_get(j, "projection_dim") ? j : root, "projection_dim", &c->projection_dim, path);
     json_t *eps = json_object_get(j, "layer_norm_eps");
     if (json_is_number(eps))
         c->layer_norm_eps = (float)json_number_value(eps);
@@ -88,7 +78,7 @@ static rb_status load_open_clip_config(rb_clip_vision_config *c, const char *pat
                                  .layer_norm_eps = 1e-5f, .act = RB_ACT_GELU, .layout = RB_CLIP_LAYOUT_OPEN_CLIP};
     int head_width = 64;
     double mlp_ratio = 4.0;
-    if (s == RB_OK) s = get_int(root, "embed_dim", &c->projection_dim, path);
+    if (s == RB_OK) s = rb_json_get_int(root, "embed_dim", &c->projection_dim, path);
     if (s == RB_OK && json_is_array(json_object_get(vc, "image_size"))) {
         json_t *a = json_object_get(vc, "image_size");
         json_t *h = json_array_get(a, 0), *w = json_array_get(a, 1);
@@ -98,12 +88,12 @@ static rb_status load_open_clip_config(rb_clip_vision_config *c, const char *pat
         else
             c->image_size = (int)json_integer_value(h);
     } else if (s == RB_OK) {
-        s = get_int(vc, "image_size", &c->image_size, path);
+        s = rb_json_get_int(vc, "image_size", &c->image_size, path);
     }
-    if (s == RB_OK) s = get_int(vc, "layers", &c->layers, path);
-    if (s == RB_OK) s = get_int(vc, "width", &c->hidden, path);
-    if (s == RB_OK) s = get_int(vc, "head_width", &head_width, path);
-    if (s == RB_OK) s = get_int(vc, "patch_size", &c->patch_size, path);
+    if (s == RB_OK) s = rb_json_get_int(vc, "layers", &c->layers, path);
+    if (s == RB_OK) s = rb_json_get_int(vc, "width", &c->hidden, path);
+    if (s == RB_OK) s = rb_json_get_int(vc, "head_width", &head_width, path);
+    if (s == RB_OK) s = rb_json_get_int(vc, "patch_size", &c->patch_size, path);
     json_t *r = json_object_get(vc, "mlp_ratio");
     if (json_is_number(r))
         mlp_ratio = json_number_value(r);

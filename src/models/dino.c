@@ -14,17 +14,6 @@
 #include "ops/resample.h"
 #include "io/json.h"
 
-/* ---- config ---- */
-
-static rb_status get_int(json_t *j, const char *key, int *dst, const char *path) {
-    json_t *v = json_object_get(j, key);
-    if (!v || json_is_null(v))
-        return RB_OK;
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (1 << 24))
-        return rb_error(RB_ERR_FORMAT, "%s: invalid '%s'", path, key);
-    *dst = (int)json_integer_value(v);
-    return RB_OK;
-}
 
 /* defaults as ViTConfig / Dinov2Config */
 static rb_status load_config(rb_dino_config *c, const char *path) {
@@ -45,14 +34,14 @@ static rb_status load_config(rb_dino_config *c, const char *path) {
     c->channels = 3;
     c->intermediate = 3072;
     c->qkv_bias = 1;
-    if (s == RB_OK) s = get_int(j, "hidden_size", &c->hidden, path);
-    if (s == RB_OK) s = get_int(j, "num_attention_heads", &c->heads, path);
-    if (s == RB_OK) s = get_int(j, "num_hidden_layers", &c->layers, path);
-    if (s == RB_OK) s = get_int(j, "image_size", &c->image_size, path);
-    if (s == RB_OK) s = get_int(j, "patch_size", &c->patch_size, path);
-    if (s == RB_OK) s = get_int(j, "num_channels", &c->channels, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "hidden_size", &c->hidden, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "num_attention_heads", &c->heads, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "num_hidden_layers", &c->layers, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "image_size", &c->image_size, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "patch_size", &c->patch_size, path);
+    if (s == RB_OK) s = rb_json_get_int(j, "num_channels", &c->channels, path);
     if (s == RB_OK && c->kind == RB_DINO_VIT) {
-        s = get_int(j, "intermediate_size", &c->intermediate, path);
+        s = rb_json_get_int(j, "intermediate_size", &c->intermediate, path);
     } else if (s == RB_OK) {
         json_t *r = json_object_get(j, "mlp_ratio");
         double ratio = json_is_number(r) ? json_number_value(r) : 4.0;
