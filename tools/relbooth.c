@@ -13,6 +13,7 @@ static const struct {
     {"generate", cmd_generate, "generate images: SDXL, or relation-aware customized (DreamRelation)"},
     {"info", cmd_info, "show what a checkpoint or image file holds"},
     {"predicate", cmd_predicate, "print the relation predicate of a prompt template"},
+    {"eval", cmd_eval, "generate and score a relation benchmark (metrics.json, cases.csv, report.html)"},
     {"bench", cmd_bench, "measure kernels against this machine's matrix-multiply peak"},
 };
 
