@@ -25,18 +25,18 @@ while IFS= read -r -d '' f; do
     esac
     cp -L "$f" "$out/$dst/$name"
     n=$((n + 1))
+    # Pickles alone: data.pkl of a zip checkpoint (a legacy stream starts with a pickle itself).
+    if [ "$dst" = fuzz_torch ]; then
+        recs=$(unzip -Z1 "$f" 2>/dev/null || true)
+        if rec=$(printf '%s\n' "$recs" | grep -m1 'data\.pkl$'); then
+            unzip -p "$f" "$rec" >"$out/fuzz_pickle/$name.pkl" 2>/dev/null
+        else
+            cp -L "$f" "$out/fuzz_pickle/$name"
+        fi
+        n=$((n + 1))
+    fi
 done < <(find -L "$golden" -type f -size -100k \( -name '*.safetensors' -o -name '*.pt' -o -name '*.pth' \
              -o -name '*.bin' -o -name '*.png' -o -name '*.jpg' -o -name '*.jpeg' -o -name '*.webp' \) -print0)
-# Pickles alone: data.pkl of each zip checkpoint (the legacy stream starts with a pickle too).
-for z in "$out"/fuzz_torch/*; do
-    if unzip -Z1 "$z" >/dev/null 2>&1; then
-        for rec in $(unzip -Z1 "$z" | grep 'data\.pkl$'); do
-            unzip -p "$z" "$rec" >"$out/fuzz_pickle/$(basename "$z").pkl" && n=$((n + 1))
-        done
-    else
-        cp "$z" "$out/fuzz_pickle/$(basename "$z")" && n=$((n + 1))
-    fi
-done
 while IFS= read -r -d '' f; do
     cp -L "$f" "$out/fuzz_sched_config/$(printf '%s' "${f#"$golden"/}" | tr '/' '_')"
     n=$((n + 1))
