@@ -170,7 +170,8 @@ static int setup_files(void) {
                    "\"w\":{\"dtype\":\"F32\",\"shape\":[4096],\"data_offsets\":[1,16385]}}", 0, unal, sizeof unal);
     put_file("unaligned.safetensors", b, n);
     put_file("empty.bin", "", 0);
-    put_file("garbage.bin", "\x01\x02\x03 not a model at all", 24);
+    static const char junk[] = "\x01\x02\x03 not a model at all";
+    put_file("garbage.bin", junk, sizeof junk - 1);
     mkdir(tpath("adir"), 0755);
     return 1;
 }
