@@ -41,6 +41,13 @@ while IFS= read -r -d '' f; do
     cp -L "$f" "$out/fuzz_sched_config/$(printf '%s' "${f#"$golden"/}" | tr '/' '_')"
     n=$((n + 1))
 done < <(find -L "$golden" -type f -name '*config*.json' -size -20k -print0)
+# JPEG and WebP seeds written with libjpeg/libwebp (the golden data has PNGs and one WebP).
+if cc -O1 -o "$out/mkimages" fuzz/mkimages.c $(pkg-config --cflags --libs libjpeg libwebp) 2>/dev/null &&
+    "$out/mkimages" "$out/fuzz_image"; then
+    n=$((n + 7))
+else
+    echo "fuzz/seed.sh: could not generate JPEG/WebP seeds" >&2
+fi
 # Tokenizer: one seed per golden input string (one JSON array of strings).
 if [ -f "$golden/clip_tokenizer/strings.json" ] && command -v python3 >/dev/null; then
     python3 - "$golden/clip_tokenizer/strings.json" "$out/fuzz_clip_tokenizer" <<'PY' && n=$((n + 153))
