@@ -4,8 +4,12 @@
 #include "fuzz.h"
 #include "io/pickle.h"
 
+/* Values form a DAG (memo GETs and DUP share nodes), so a walk is bounded by a visit budget, not
+ * only by depth: a few hundred bytes of pickle can describe 2^100 paths. */
+static long visits;
+
 static void walk(const rb_pk_value *v, int depth) {
-    if (!v || depth > 200)
+    if (!v || depth > 200 || ++visits > 100000)
         return;
     switch (v->kind) {
     case RB_PK_STR:
@@ -36,6 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (rb_pickle_load(&pool, data, size, "fuzz.pkl", &root, &used) == RB_OK) {
         if (used > size)
             __builtin_trap();
+        visits = 0;
         walk(root, 0);
     }
     rb_pk_pool_free(&pool);
