@@ -492,6 +492,32 @@ static rb_status l_st_write_dtype(void) {
     return stat(tpath("bad_dtype.safetensors"), &sb) == 0 ? RB_ERR_INTERNAL : s;
 }
 
+/* Wrong shapes and dtypes handed to tensor calls (what a model loader does with a checkpoint whose
+ * tensor has the right name but the wrong shape). */
+static rb_status l_reshape(void) {
+    rb_tensor t = rb_tensor_wrap((void *)two, RB_F32, 1, (int64_t[]){2}), out;
+    return rb_view_reshape(&out, &t, 2, (int64_t[]){3, 1});
+}
+static rb_status l_copy_shapes(void) {
+    float dst[3];
+    rb_tensor a = rb_tensor_wrap(dst, RB_F32, 1, (int64_t[]){3}), b = rb_tensor_wrap((void *)two, RB_F32, 1, (int64_t[]){2});
+    return rb_tensor_copy(&a, &b);
+}
+static rb_status l_alloc_huge(void) {
+    rb_tensor t;
+    rb_status s = rb_tensor_alloc(&t, RB_F32, 3, (int64_t[]){1 << 20, 1 << 20, 1 << 20}, "hostile shape");
+    if (s == RB_OK)
+        rb_tensor_free(&t);
+    return s;
+}
+static rb_status l_alloc_dtype(void) {
+    rb_tensor t;
+    rb_status s = rb_tensor_alloc(&t, (rb_dtype)77, 1, (int64_t[]){2}, "hostile dtype");
+    if (s == RB_OK)
+        rb_tensor_free(&t);
+    return s;
+}
+
 typedef struct {
     const char *name;
     rb_status (*fn)(void);
@@ -533,6 +559,10 @@ static const lib_case lib_cases[] = {
     {"rb_st_write: unwritable folder", l_st_unwritable, RB_ERR_IO, "sub/out"},
     {"rb_png_write: unwritable folder", l_png_unwritable, RB_ERR_IO, "sub/out"},
     {"rb_st_write: invalid dtype", l_st_write_dtype, RB_ERR_INVALID, "bad_dtype.safetensors"},
+    {"tensor: reshape to the wrong element count", l_reshape, RB_ERR_INVALID, "do not fit"},
+    {"tensor: copy between different shapes", l_copy_shapes, RB_ERR_INVALID, "shapes differ"},
+    {"tensor: 2^60 elements", l_alloc_huge, RB_ERR_OOM, "hostile shape"},
+    {"tensor: invalid dtype", l_alloc_dtype, RB_ERR_INVALID, "invalid dtype"},
 };
 
 static void t_library_matrix(void) {
