@@ -88,7 +88,7 @@ clean:
 # `make sanitize`: the whole test suite built in build-san/ with AddressSanitizer + UBSan (leaks
 # checked; tests/lsan.supp only silences oneDNN/OpenMP global state).
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-SAN_ENV   := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+SAN_ENV   := ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
              LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 .PHONY: sanitize fuzz-build
 sanitize:
