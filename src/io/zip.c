@@ -105,9 +105,11 @@ rb_status rb_zip_open(rb_zip *z, const uint8_t *buf, size_t size, const char *wh
         ze->name = (const char *)p + 46, ze->name_len = nl;
         if (!read_zip64_extra(ze, p + 46 + nl, xl, ze->usize == 0xffffffffu, ze->csize == 0xffffffffu,
                               ze->local_offset == 0xffffffffu)) {
+            /* the message first: ze lives in z->entries, which rb_zip_close frees */
+            rb_status st = rb_error(RB_ERR_FORMAT, "%s: zip entry '%.*s' has a damaged zip64 field", what,
+                                    (int)(nl > 200 ? 200 : nl), ze->name);
             rb_zip_close(z);
-            return rb_error(RB_ERR_FORMAT, "%s: zip entry '%.*s' has a damaged zip64 field", what, (int)(nl > 200 ? 200 : nl),
-                            ze->name);
+            return st;
         }
         z->n++;
         p += 46 + nl + xl + cl;

@@ -30,8 +30,9 @@ rb_status rb_sched_config_load(rb_sched_config *c, const char *path) {
     RB_TRY(rb_json_load_object(path, &j));
     rb_status st = RB_OK;
     json_t *v;
-    if ((v = json_object_get(j, "num_train_timesteps")) && json_is_integer(v))
-        c->num_train_timesteps = (int)json_integer_value(v);
+    if ((v = json_object_get(j, "num_train_timesteps")) && json_is_integer(v)) /* range-checked below */
+        c->num_train_timesteps = json_integer_value(v) < 0 || json_integer_value(v) > RB_SCHED_MAX_TRAIN
+                                     ? -1 : (int)json_integer_value(v);
     if ((v = json_object_get(j, "beta_start")) && json_is_number(v))
         c->beta_start = json_number_value(v);
     if ((v = json_object_get(j, "beta_end")) && json_is_number(v))
@@ -63,6 +64,9 @@ rb_status rb_sched_config_load(rb_sched_config *c, const char *path) {
     if ((v = json_object_get(j, "trained_betas")) && !json_is_null(v))
         st = rb_error(RB_ERR_UNSUPPORTED, "%s: trained_betas are not supported", path);
     json_decref(j);
+    /* betas outside [0, 1) make alphas_cumprod <= 0 and every sigma NaN */
+    if (st == RB_OK && !(c->beta_start >= 0 && c->beta_start < 1 && c->beta_end >= 0 && c->beta_end < 1))
+        st = rb_error(RB_ERR_FORMAT, "%s: beta_start %g / beta_end %g outside [0, 1)", path, c->beta_start, c->beta_end);
     if (st == RB_OK && (c->num_train_timesteps < 2 || c->num_train_timesteps > RB_SCHED_MAX_TRAIN))
         st = rb_error(RB_ERR_FORMAT, "%s: num_train_timesteps %d out of range", path, c->num_train_timesteps);
     return st;
