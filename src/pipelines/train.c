@@ -439,7 +439,9 @@ static rb_status setup(trainer *T) {
     RB_TRY(rb_relation_dataset_open(&T->ds, p->data, &o));
     if (T->ds.n_items < 1)
         return rb_error(RB_ERR_INVALID, "%s: no samples", p->data);
-    size_t ab = p->arena_bytes ? p->arena_bytes : (size_t)24 << 30;
+    /* default: 24 GiB at 1024 px (no recomputation yet, see docs/train.md), scaled with the pixel count */
+    double px = (double)p->resolution * p->resolution / (1024.0 * 1024.0);
+    size_t ab = p->arena_bytes ? p->arena_bytes : (size_t)fmax(512.0 * (1 << 20), px * 24.0 * (1 << 30));
     RB_TRY(rb_arena_init(&T->keep, (size_t)256 << 20, "train keep"));
     RB_TRY(rb_arena_init(&T->work, ab, "train activations"));
     RB_TRY(rb_arena_init(&T->grads, ab / 2, "train gradients"));
@@ -475,7 +477,8 @@ static void teardown(trainer *T) {
     rb_unet_detach_lora(&T->unet);
     rb_lora_free(&T->lora);
     rb_free(T->params);
-    rb_sched_free(T->sched);
+    if (T->sched)
+        rb_sched_free(T->sched);
     rb_free(T->sched);
     rb_vae_free(&T->vae);
     rb_ms_adapter_free(&T->ad);

@@ -47,7 +47,7 @@ typedef struct rb_train_params {
     const char *resume;        /* a checkpoint folder, or "latest" (the newest under output_dir), or NULL */
     int stop_after;            /* > 0: stop (as if interrupted) after this step, after its checkpoint */
     int init_b_std_x1000;      /* tests: B ~ N(0, (x/1000)^2) instead of zero so that A gets gradients at once */
-    size_t arena_bytes;        /* activations + tape (0: 24 GiB) */
+    size_t arena_bytes;        /* activations (0: 24 GiB x (resolution/1024)^2, at least 512 MiB); gradients get half */
     void (*progress)(void *user, const rb_train_progress *p);
     void *user;
     volatile int *cancel;
