@@ -7,6 +7,7 @@ enum { RB_EXIT_OK = 0, RB_EXIT_USAGE = 1, RB_EXIT_FAIL = 2 };
 
 int cmd_info(int argc, char **argv);  /* tools/cmd_info.c */
 int cmd_predicate(int argc, char **argv); /* tools/cmd_predicate.c */
+int cmd_train(int argc, char **argv);     /* tools/cmd_train.c */
 int cmd_bench(int argc, char **argv); /* bench/bench.c */
 
 /* Prints "relbooth <cmd>: <last error>" to stderr and returns RB_EXIT_FAIL. */

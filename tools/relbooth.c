@@ -12,6 +12,7 @@ static const struct {
 } commands[] = {
     {"info", cmd_info, "show what a checkpoint or image file holds"},
     {"predicate", cmd_predicate, "print the relation predicate of a prompt template"},
+    {"train", cmd_train, "fine-tune a RelationLoRA on a relation dataset"},
     {"bench", cmd_bench, "measure kernels against this machine's matrix-multiply peak"},
 };
 
