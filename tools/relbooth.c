@@ -14,6 +14,7 @@ static const struct {
     {"info", cmd_info, "show what a checkpoint or image file holds"},
     {"predicate", cmd_predicate, "print the relation predicate of a prompt template"},
     {"eval", cmd_eval, "generate and score a relation benchmark (metrics.json, cases.csv, report.html)"},
+    {"train", cmd_train, "fine-tune a RelationLoRA on a relation dataset"},
     {"bench", cmd_bench, "measure kernels against this machine's matrix-multiply peak"},
 };
 

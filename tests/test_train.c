@@ -1,0 +1,165 @@
+/* relbooth train on golden/relation_data with the tiny pipeline_sdxl models and the ms_diffusion
+ * adapter: a short run stopped at step k and resumed gives bit-identical weights to an uninterrupted
+ * run; outputs (metrics, loss curve, checkpoints, diffusers-format LoRA that rb_lora_load + the UNet
+ * accept); the predicate span against the golden phrase_idxes. */
+#include <unistd.h>
+
+#include "harness.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "pipelines/train.h"
+#include "text/clip_tokenizer.h"
+
+static const char *pipeline_dir(const char *golden_pipeline) {
+    static char dir[4096];
+    static const char *parts[] = {"model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
+                                  "tokenizer_2", "unet", "vae"};
+    snprintf(dir, sizeof dir, "%s/%s", t_tmpdir(), "pipe");
+    mkdir(dir, 0755);
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
+        char src[4096], rel[8192], dst[8400];
+        snprintf(rel, sizeof rel, "%.4000s/%s", golden_pipeline, parts[i]);
+        t_resolve(rel, src, sizeof src);
+        if (src[0] != '/') {
+            char cwd[2048];
+            if (getcwd(cwd, sizeof cwd))
+                snprintf(rel, sizeof rel, "%s/%s", cwd, src), snprintf(src, sizeof src, "%.4095s", rel);
+        }
+        snprintf(dst, sizeof dst, "%s/%s", dir, parts[i]);
+        unlink(dst);
+        if (symlink(src, dst) != 0)
+            return NULL;
+    }
+    return dir;
+}
+
+static char model[4096], adapter[4096], encoder[4096], data[4096];
+
+static int setup(void) {
+    const char *g = t_golden_path("pipeline_sdxl");
+    if (!g)
+        return 0;
+    char tmp[8192];
+    snprintf(tmp, sizeof tmp, "%s", g);
+    const char *m = pipeline_dir(tmp);
+    if (!m) {
+        CHECK(0, "pipeline folder");
+        return 0;
+    }
+    snprintf(model, sizeof model, "%s", m);
+    snprintf(adapter, sizeof adapter, "%s", t_golden_path("ms_diffusion/ms_adapter.safetensors"));
+    snprintf(encoder, sizeof encoder, "%s", t_golden_path("clip_vision"));
+    snprintf(data, sizeof data, "%s", t_golden_path("relation_data/data"));
+    return 1;
+}
+
+static void params(rb_train_params *p, const char *out) {
+    REQUIRE(rb_train_params_init(p, "official") == RB_OK, "%s", rb_last_error());
+    p->model = model, p->ms_adapter = adapter, p->image_encoder = encoder, p->data = data, p->output_dir = out;
+    p->resampler_dim_head = 8;
+    p->resolution = 64; /* 8x8 latents */
+    p->accum = 2, p->max_steps = 4, p->checkpoint_every = 2, p->seed = 3;
+    p->loss.kml_t_max = -1; /* KML at every t, so that every step exercises it */
+    p->adam.lr = 1e-2;      /* visible changes in a few steps */
+    p->init_b_std_x1000 = 100;
+    p->arena_bytes = (size_t)512 << 20;
+}
+
+static void t_span(void) {
+    const char *d = t_golden_path("pipeline_sdxl/tokenizer");
+    if (!d)
+        return;
+    rb_clip_tokenizer *tok;
+    REQUIRE(rb_clip_tokenizer_load(&tok, d) == RB_OK, "%s", rb_last_error());
+    int64_t s[2];
+    /* golden relation_data items.json and relation_lora_train: [[4, 5]] */
+    CHECK(rb_train_phrase_span(tok, "A cat is hugging a dog.", "hugging", s) == RB_OK && s[0] == 4 && s[1] == 5,
+          "span %lld..%lld", (long long)s[0], (long long)s[1]);
+    CHECK(rb_train_phrase_span(tok, "A wolf shakes hands with a leopard.", "shakes hands with", s) == RB_OK &&
+              s[0] == 3 && s[1] == 6, "multi-word span %lld..%lld", (long long)s[0], (long long)s[1]);
+    CHECK(rb_train_phrase_span(tok, "A cat is hugging a dog.", "dog", s) == RB_OK && s[0] == 6 && s[1] == 7,
+          "trailing punctuation ignored: %lld..%lld", (long long)s[0], (long long)s[1]);
+    CHECK(rb_train_phrase_span(tok, "A cat is hugging a dog.", "riding", s) == RB_OK && s[0] == 0 && s[1] == 0,
+          "absent -> [0, 0]");
+    rb_clip_tokenizer_free(tok);
+}
+
+static int same_file_tensors(const char *a, const char *b, int *n_tensors) {
+    rb_safetensors fa, fb;
+    if (rb_st_open(&fa, a) != RB_OK)
+        return 0;
+    if (rb_st_open(&fb, b) != RB_OK) {
+        rb_st_close(&fa);
+        return 0;
+    }
+    int ok = fa.n == fb.n;
+    for (int i = 0; ok && i < fa.n; i++) {
+        const rb_tensor *x = &fa.entries[i].t, *y = rb_st_get(&fb, fa.entries[i].name);
+        ok = y && rb_nbytes(x) == rb_nbytes(y) && !memcmp(x->data, y->data, rb_nbytes(x));
+    }
+    *n_tensors = fa.n;
+    rb_st_close(&fa);
+    rb_st_close(&fb);
+    return ok;
+}
+
+static void t_resume_bit_exact(void) {
+    if (!setup())
+        return;
+    char full[4096], part[4096];
+    snprintf(full, sizeof full, "%s/full", t_tmpdir());
+    snprintf(part, sizeof part, "%s/part", t_tmpdir());
+    rb_train_params p;
+    rb_train_result r1, r2, r3;
+    params(&p, full);
+    REQUIRE(rb_train(&p, &r1) == RB_OK, "uninterrupted run: %s", rb_last_error());
+    CHECK(r1.steps == 4 && r1.lora_path[0] && isfinite(r1.final_loss), "steps %d, loss %g", r1.steps, r1.final_loss);
+    params(&p, part);
+    p.stop_after = 3; /* interrupted after step 3 (checkpoint-2 and checkpoint-3 written) */
+    REQUIRE(rb_train(&p, &r2) == RB_OK, "interrupted run: %s", rb_last_error());
+    CHECK(r2.steps == 3 && !r2.lora_path[0], "stopped at %d", r2.steps);
+    params(&p, part);
+    char ck[4200];
+    snprintf(ck, sizeof ck, "%s/checkpoint-2", part); /* resume from the step-2 checkpoint: step 3 is redone */
+    p.resume = ck;
+    REQUIRE(rb_train(&p, &r3) == RB_OK, "resumed run: %s", rb_last_error());
+    CHECK(r3.resumed_from == 2 && r3.steps == 4, "resumed from %d to %d", r3.resumed_from, r3.steps);
+    int n = 0;
+    CHECK(same_file_tensors(r1.lora_path, r3.lora_path, &n) && n == 2 * 4 * 17, "resumed weights differ from the "
+          "uninterrupted run's (%d tensors)", n);
+    char a[4300], b[4300];
+    snprintf(a, sizeof a, "%s/checkpoint-4/optimizer.safetensors", full);
+    snprintf(b, sizeof b, "%s/checkpoint-4/optimizer.safetensors", part);
+    CHECK(same_file_tensors(a, b, &n), "optimizer state after resume differs");
+    /* the weights moved from the initial ones (checkpoint-2 vs final) */
+    snprintf(a, sizeof a, "%s/checkpoint-2/pytorch_lora_weights.safetensors", full);
+    CHECK(!same_file_tensors(a, r1.lora_path, &n), "training changed nothing");
+    /* metrics: one line per step, the resumed run's lines replace the interrupted run's step 3 */
+    snprintf(a, sizeof a, "%s/metrics.jsonl", part);
+    FILE *f = fopen(a, "r");
+    int lines = 0;
+    char buf[1024];
+    while (f && fgets(buf, sizeof buf, f))
+        lines++;
+    if (f)
+        fclose(f);
+    CHECK(lines == 4, "metrics.jsonl has %d lines", lines);
+    snprintf(a, sizeof a, "%s/loss_curve.png", full);
+    rb_image im;
+    CHECK(rb_image_load(&im, a, 3) == RB_OK && im.width == 640, "loss curve: %s", rb_last_error());
+    rb_image_free(&im);
+    /* the output loads as a diffusers LoRA (what generate --lora reads) */
+    rb_lora_set set;
+    REQUIRE(rb_lora_load(&set, r1.lora_path, NULL) == RB_OK, "%s", rb_last_error());
+    CHECK(set.n == 4 * 17 && set.n_unused == 0 && (set.formats & RB_LORA_FMT_DIFFUSERS), "%d pairs, formats %d",
+          set.n, set.formats);
+    const rb_lora_pair *q = rb_lora_find(&set, "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k");
+    CHECK(q && q->rank == 4 && q->down->shape[1] == 36 && q->up->shape[0] == 16 && rb_lora_multiplier(q) == 1.0f, "to_k pair");
+    rb_lora_free(&set);
+}
+
+int main(void) {
+    RUN(t_span);
+    RUN(t_resume_bit_exact);
+    return t_done();
+}
