@@ -191,6 +191,9 @@ typedef struct rb_unet_in {
     rb_tensor *time_ids;              /* [B, 6] (text_time only) */
     const rb_unet_proc *procs;        /* NULL, or m->n_attn entries indexed by processor index */
     int collect;                      /* fill the intermediate outputs below */
+    int recompute;                    /* with a tape: keep only each transformer block's input and output
+                                         and recompute the block in backward (training memory); tensors a
+                                         processor makes inside a block are then not kept */
 } rb_unet_in;
 
 typedef struct rb_unet_out {

@@ -127,9 +127,21 @@ static rb_tensor *tblock(rb_ctx *c, const rb_unet_tblock *b, const rb_unet_proc 
     return rb_add(c, h, rb_linear(c, f, b->ff_out_w, b->ff_out_b));
 }
 
+/* A transformer block as a recomputed (checkpointed) block: in = {h, encoder_hidden_states}. */
+typedef struct tblock_job {
+    const rb_unet_tblock *b;
+    const rb_unet_proc *procs;
+    int64_t H, W;
+} tblock_job;
+
+static rb_tensor *tblock_fn(rb_ctx *c, void *user, rb_tensor *const *in, int n_in) {
+    const tblock_job *j = user;
+    return tblock(c, j->b, j->procs, in[0], in[1], j->H, j->W);
+}
+
 /* Transformer2DModel. x: [B, C, H, W] -> [B, C, H, W] */
 static rb_tensor *transformer(rb_ctx *c, const rb_unet *m, const rb_unet_transformer *t,
-                              const rb_unet_proc *procs, rb_tensor *x, rb_tensor *ehs) {
+                              const rb_unet_proc *procs, int recompute, rb_tensor *x, rb_tensor *ehs) {
     if (!x)
         return NULL;
     const int linear = m->cfg.use_linear_projection;
@@ -140,8 +152,18 @@ static rb_tensor *transformer(rb_ctx *c, const rb_unet *m, const rb_unet_transfo
     h = rb_reshape(c, rb_permute(c, h, (int[]){0, 2, 3, 1}), 3, (int64_t[]){B, H * W, C}); /* [B, HW, C] */
     if (linear)
         h = rb_linear(c, h, t->proj_in_w, t->proj_in_b);
-    for (int k = 0; k < t->depth; k++)
-        h = tblock(c, &t->blocks[k], procs, h, ehs, H, W);
+    for (int k = 0; k < t->depth; k++) {
+        if (!(recompute && c->tape)) {
+            h = tblock(c, &t->blocks[k], procs, h, ehs, H, W);
+            continue;
+        }
+        /* the job must live until backward: it goes below the block's own allocations in the arena */
+        tblock_job *job = rb_arena_alloc(c->arena, sizeof *job);
+        if (!job)
+            return rb_ctx_fail(c, RB_ERR_OOM);
+        *job = (tblock_job){&t->blocks[k], procs, H, W};
+        h = h ? rb_checkpoint_params(c, tblock_fn, job, 2, (rb_tensor *[]){h, ehs}) : NULL;
+    }
     if (linear)
         h = rb_linear(c, h, t->proj_out_w, t->proj_out_b);
     h = rb_permute(c, rb_reshape(c, h, 4, (int64_t[]){B, H, W, C}), (int[]){0, 3, 1, 2}); /* [B, C, H, W] */
@@ -235,7 +257,7 @@ rb_status rb_unet_forward(rb_ctx *c, const rb_unet *m, const rb_unet_in *in, rb_
             x = keep(c, mk, resnet(c, m, &b->resnets[j], x, temb_act));
             if (b->has_attn) {
                 mk = rb_arena_mark(c->arena);
-                x = keep(c, mk, transformer(c, m, &b->attns[j], in->procs, x, ehs));
+                x = keep(c, mk, transformer(c, m, &b->attns[j], in->procs, in->recompute, x, ehs));
             }
             skips[ns++] = x;
         }
@@ -250,7 +272,7 @@ rb_status rb_unet_forward(rb_ctx *c, const rb_unet *m, const rb_unet_in *in, rb_
     mk = rb_arena_mark(c->arena);
     x = keep(c, mk, resnet(c, m, &m->mid.resnets[0], x, temb_act));
     mk = rb_arena_mark(c->arena);
-    x = keep(c, mk, transformer(c, m, &m->mid.attns[0], in->procs, x, ehs));
+    x = keep(c, mk, transformer(c, m, &m->mid.attns[0], in->procs, in->recompute, x, ehs));
     mk = rb_arena_mark(c->arena);
     x = keep(c, mk, resnet(c, m, &m->mid.resnets[1], x, temb_act));
     if (in->collect)
@@ -265,7 +287,7 @@ rb_status rb_unet_forward(rb_ctx *c, const rb_unet *m, const rb_unet_in *in, rb_
             x = keep(c, mk, resnet(c, m, &b->resnets[j], cat, temb_act));
             if (b->has_attn) {
                 mk = rb_arena_mark(c->arena);
-                x = keep(c, mk, transformer(c, m, &b->attns[j], in->procs, x, ehs));
+                x = keep(c, mk, transformer(c, m, &b->attns[j], in->procs, in->recompute, x, ehs));
             }
         }
         if (b->sampler_w) { /* Upsample2D: nearest x2, then 3x3 conv */

@@ -34,12 +34,12 @@ static rb_status grow(rb_tape *t) {
     return RB_OK;
 }
 
-rb_tape_entry *rb_tape_record(rb_ctx *c, const char *op, rb_backward_fn backward, rb_tensor *out, int n_in,
-                              rb_tensor *const *in) {
+static rb_tape_entry *record(rb_ctx *c, const char *op, rb_backward_fn backward, rb_tensor *out, int n_in,
+                             rb_tensor *const *in, int force) {
     rb_tape *t = c->tape;
     if (!t || !out || c->status != RB_OK)
         return NULL;
-    int any = 0;
+    int any = force;
     for (int i = 0; i < n_in; i++)
         any |= rb_needs_grad(in[i]);
     if (!any)
@@ -62,6 +62,11 @@ rb_tape_entry *rb_tape_record(rb_ctx *c, const char *op, rb_backward_fn backward
     e->out = out;
     out->requires_grad = 1;
     return e;
+}
+
+rb_tape_entry *rb_tape_record(rb_ctx *c, const char *op, rb_backward_fn backward, rb_tensor *out, int n_in,
+                              rb_tensor *const *in) {
+    return record(c, op, backward, out, n_in, in, 0);
 }
 
 rb_tensor *rb_grad_of(rb_ctx *c, rb_tensor *t) {
@@ -164,7 +169,7 @@ static rb_status checkpoint_backward(rb_ctx *c, rb_tape_entry *entry) {
     return s;
 }
 
-rb_tensor *rb_checkpoint(rb_ctx *c, rb_block_fn fn, void *user, int n_in, rb_tensor *const *in) {
+static rb_tensor *checkpoint(rb_ctx *c, rb_block_fn fn, void *user, int n_in, rb_tensor *const *in, int params) {
     if (c->status != RB_OK)
         return NULL;
     rb_tape *t = c->tape;
@@ -187,7 +192,7 @@ rb_tensor *rb_checkpoint(rb_ctx *c, rb_block_fn fn, void *user, int n_in, rb_ten
         *out = hdr;
         out->data = d;
     }
-    rb_tape_entry *e = rb_tape_record(c, "checkpoint", checkpoint_backward, out, n_in, in);
+    rb_tape_entry *e = record(c, "checkpoint", checkpoint_backward, out, n_in, in, params && t);
     if (e) {
         block *b = rb_arena_alloc(c->arena, sizeof *b);
         if (!b)
@@ -212,4 +217,12 @@ void rb_tape_print(const rb_tape *t, FILE *f) {
                     e->in[k] && e->in[k]->requires_grad ? "*" : "");
         fprintf(f, "\n");
     }
+}
+
+rb_tensor *rb_checkpoint(rb_ctx *c, rb_block_fn fn, void *user, int n_in, rb_tensor *const *in) {
+    return checkpoint(c, fn, user, n_in, in, 0);
+}
+
+rb_tensor *rb_checkpoint_params(rb_ctx *c, rb_block_fn fn, void *user, int n_in, rb_tensor *const *in) {
+    return checkpoint(c, fn, user, n_in, in, 1);
 }

@@ -62,6 +62,10 @@ rb_status rb_backward_with(rb_ctx *c, rb_tensor *out, const rb_tensor *dout);
  * only the block's inputs and output are kept between forward and backward. */
 typedef rb_tensor *(*rb_block_fn)(rb_ctx *c, void *user, rb_tensor *const *in, int n_in);
 rb_tensor *rb_checkpoint(rb_ctx *c, rb_block_fn fn, void *user, int n_in, rb_tensor *const *in);
+/* The same for a block that holds trainable parameters of its own (e.g. LoRA pairs): it is recorded
+ * even when none of its inputs needs a gradient, and its recomputation in backward accumulates into
+ * those parameters' gradients. */
+rb_tensor *rb_checkpoint_params(rb_ctx *c, rb_block_fn fn, void *user, int n_in, rb_tensor *const *in);
 
 void rb_tape_print(const rb_tape *t, FILE *f);
 

@@ -380,8 +380,10 @@ static rb_status micro_batch(trainer *T, int item, double loss_scale, micro_out 
                              .max_hw = p->loss.cal_max_hw};
     rb_rel_procs(&T->unet, &call, T->procs);
     c.tape = &T->tape;
+    /* Transformer blocks are recomputed in backward unless the cross-attention loss needs the predicate
+     * maps made inside them (the paper recipe has no CAL; with CAL the whole forward stays on the tape). */
     rb_unet_in in = {.sample = xt, .timestep = ts, .encoder_hidden_states = ctx, .text_embeds = ic->pooled,
-                     .time_ids = tid, .procs = T->procs};
+                     .time_ids = tid, .procs = T->procs, .recompute = p->loss.w_cal == 0.0f};
     rb_unet_out uo;
     if ((s = rb_unet_forward(&c, &T->unet, &in, &uo)) != RB_OK)
         goto out;
