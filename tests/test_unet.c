@@ -345,7 +345,7 @@ static void run_case(const char *case_name, const char *weights_file, const gold
     rb_tensor sample = io_tensor(&io, "sample"), t = io_tensor(&io, "timestep"),
               ehs = io_tensor(&io, "encoder_hidden_states"), te = io_tensor(&io, "text_embeds"),
               ti = io_tensor(&io, "time_ids");
-    rb_unet_in in = {&sample, &t, &ehs, m.cfg.text_time ? &te : NULL, m.cfg.text_time ? &ti : NULL, NULL, 1};
+    rb_unet_in in = {&sample, &t, &ehs, m.cfg.text_time ? &te : NULL, m.cfg.text_time ? &ti : NULL, NULL, 1, 0};
     rb_unet_out out;
     rb_status s = rb_unet_forward(&c, &m, &in, &out);
     CHECK(s == RB_OK, "forward: %s", rb_last_error());
@@ -426,7 +426,7 @@ static void close_fixture(fixture *f) {
 }
 
 static rb_unet_in fixture_in(fixture *f) {
-    rb_unet_in in = {&f->sample, &f->t, &f->ehs, &f->te, &f->ti, NULL, 0};
+    rb_unet_in in = {&f->sample, &f->t, &f->ehs, &f->te, &f->ti, NULL, 0, 0};
     return in;
 }
 

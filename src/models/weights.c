@@ -7,6 +7,12 @@
 
 #include "core/mem.h"
 
+/* What rb_weights_get hands out: a header that never moves, and the copy it may point to. */
+typedef struct owned_ref {
+    rb_tensor t;
+    void *copy;
+} owned_ref;
+
 rb_status rb_weights_open(rb_weights *w, const char *path) {
     memset(w, 0, sizeof *w);
     uint8_t head[16] = {0};
@@ -30,8 +36,7 @@ rb_status rb_weights_open(rb_weights *w, const char *path) {
     w->used = rb_calloc((size_t)w->n + 1, "weights");
     w->cap_owned = w->n + 1;
     w->owned = rb_calloc((size_t)w->cap_owned * sizeof *w->owned, "weights");
-    w->copies = rb_calloc((size_t)w->cap_owned * sizeof *w->copies, "weights");
-    rb_status st = !w->names || !w->tensors || !w->used || !w->owned || !w->copies
+    rb_status st = !w->names || !w->tensors || !w->used || !w->owned
                        ? RB_ERR_OOM
                        : rb_strmap_init(&w->index, (uint32_t)w->n);
     for (int i = 0; st == RB_OK && i < w->n; i++) {
@@ -45,9 +50,11 @@ rb_status rb_weights_open(rb_weights *w, const char *path) {
 }
 
 void rb_weights_close(rb_weights *w) {
-    for (int i = 0; i < w->n_owned; i++)
-        rb_free(w->copies[i]);
-    rb_free(w->copies);
+    for (int i = 0; i < w->n_owned; i++) {
+        owned_ref *r = w->owned[i];
+        rb_free(r->copy);
+        rb_free(r);
+    }
     rb_free(w->owned);
     rb_free(w->used);
     rb_free(w->names);
@@ -94,25 +101,24 @@ static rb_tensor *get(rb_weights *w, int required, int f32, int ndim, const int6
                              w->path, name, rb_dtype_name(t->dtype));
         return NULL;
     }
-    if (w->n_owned == w->cap_owned) { /* a tensor requested twice still fits: grow */
-        int cap = w->cap_owned * 2;
-        rb_tensor *o = rb_calloc((size_t)cap * sizeof *o, "weights");
-        void **c = rb_calloc((size_t)cap * sizeof *c, "weights");
-        if (!o || !c) {
-            rb_free(o);
-            rb_free(c);
+    if (w->n_owned == w->cap_owned) { /* a tensor may be requested more than once: grow the list */
+        void **o = rb_calloc((size_t)w->cap_owned * 2 * sizeof *o, "weights");
+        if (!o) {
             w->status = RB_ERR_OOM;
             return NULL;
         }
         memcpy(o, w->owned, (size_t)w->n_owned * sizeof *o);
-        memcpy(c, w->copies, (size_t)w->n_owned * sizeof *c);
         rb_free(w->owned);
-        rb_free(w->copies);
         w->owned = o;
-        w->copies = c;
-        w->cap_owned = cap;
+        w->cap_owned *= 2;
     }
-    rb_tensor *out = &w->owned[w->n_owned];
+    owned_ref *ref = rb_calloc(sizeof *ref, "weights");
+    if (!ref) {
+        w->status = RB_ERR_OOM;
+        return NULL;
+    }
+    w->owned[w->n_owned] = ref;
+    rb_tensor *out = &ref->t;
     *out = *t;
     out->name = w->names[i];
     /* copies: f32 requested from f16/bf16 storage, or a strided view (torch files may hold those) */
@@ -121,7 +127,7 @@ static rb_tensor *get(rb_weights *w, int required, int f32, int ndim, const int6
         if ((w->status = rb_tensor_alloc(&conv, f32 ? RB_F32 : t->dtype, t->ndim, t->shape, name)) != RB_OK)
             return NULL;
         rb_tensor_copy(&conv, t);
-        w->copies[w->n_owned] = conv.data;
+        ref->copy = conv.data;
         conv.name = out->name;
         *out = conv;
     }

@@ -20,8 +20,7 @@ typedef struct rb_weights {
     const rb_tensor **tensors;
     rb_strmap index;      /* name -> entry */
     unsigned char *used;  /* per entry */
-    rb_tensor *owned;     /* headers (and f32 copies) made by rb_weights_get */
-    void **copies;        /* f32 conversions, freed with the weights */
+    void **owned;         /* one block per rb_weights_get: the returned header (stable address) and its copy */
     int n_owned, cap_owned;
     rb_status status;
 } rb_weights;
