@@ -6,7 +6,7 @@
 set -euo pipefail
 out=${1:-build-fuzz/corpus}
 golden=${RELBOOTH_GOLDEN:-../shared/golden}
-mkdir -p "$out"/{fuzz_safetensors,fuzz_torch,fuzz_pickle,fuzz_image,fuzz_sched_config,fuzz_clip_tokenizer}
+mkdir -p "$out"/{fuzz_safetensors,fuzz_torch,fuzz_pickle,fuzz_image,fuzz_sched_config,fuzz_clip_tokenizer,fuzz_yaml_config}
 if [ ! -d "$golden" ]; then
     echo "fuzz/seed.sh: no golden folder at $golden; corpora start empty" >&2
     exit 0
@@ -56,4 +56,9 @@ for i, s in enumerate(json.load(open(sys.argv[1], encoding="utf-8"))):
     open(f"{sys.argv[2]}/s{i:03d}", "wb").write(s.encode("utf-8", "surrogatepass"))
 PY
 fi
+# DreamRelation configs (the official format; the golden one and two variants)
+[ -f "$golden/pipeline_dreamrelation/config.yaml" ] && cp -L "$golden/pipeline_dreamrelation/config.yaml" "$out/fuzz_yaml_config/golden.yaml"
+printf 'prompt: "A cat is hugging a dog."\nimages_path: [a.png, b.png]\nboxes: [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]\nphrases: [cat, dog]\n' >"$out/fuzz_yaml_config/plain.yaml"
+printf 'lora_weights: l.safetensors\nprompt: x\nimages_path: []\n' >"$out/fuzz_yaml_config/empty.yaml"
 echo "fuzz/seed.sh: $n seed files in $out"
+
