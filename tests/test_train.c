@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "text/phrase_span.h"
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "pipelines/train.h"
@@ -73,13 +74,13 @@ static void t_span(void) {
     REQUIRE(rb_clip_tokenizer_load(&tok, d) == RB_OK, "%s", rb_last_error());
     int64_t s[2];
     /* golden relation_data items.json and relation_lora_train: [[4, 5]] */
-    CHECK(rb_train_phrase_span(tok, "A cat is hugging a dog.", "hugging", s) == RB_OK && s[0] == 4 && s[1] == 5,
+    CHECK(rb_phrase_span(tok, "A cat is hugging a dog.", "hugging", s) == RB_OK && s[0] == 4 && s[1] == 5,
           "span %lld..%lld", (long long)s[0], (long long)s[1]);
-    CHECK(rb_train_phrase_span(tok, "A wolf shakes hands with a leopard.", "shakes hands with", s) == RB_OK &&
+    CHECK(rb_phrase_span(tok, "A wolf shakes hands with a leopard.", "shakes hands with", s) == RB_OK &&
               s[0] == 3 && s[1] == 6, "multi-word span %lld..%lld", (long long)s[0], (long long)s[1]);
-    CHECK(rb_train_phrase_span(tok, "A cat is hugging a dog.", "dog", s) == RB_OK && s[0] == 6 && s[1] == 7,
+    CHECK(rb_phrase_span(tok, "A cat is hugging a dog.", "dog", s) == RB_OK && s[0] == 6 && s[1] == 7,
           "trailing punctuation ignored: %lld..%lld", (long long)s[0], (long long)s[1]);
-    CHECK(rb_train_phrase_span(tok, "A cat is hugging a dog.", "riding", s) == RB_OK && s[0] == 0 && s[1] == 0,
+    CHECK(rb_phrase_span(tok, "A cat is hugging a dog.", "riding", s) == RB_OK && s[0] == 0 && s[1] == 0,
           "absent -> [0, 0]");
     rb_clip_tokenizer_free(tok);
 }

@@ -70,12 +70,5 @@ typedef struct rb_train_result {
 
 rb_status rb_train(const rb_train_params *p, rb_train_result *res);
 
-/* train.py get_phrases_idx with CLIP tokenizer 1: whitespace words of the prompt, a word matches when
- * equal to the phrase's word after dropping a trailing `.!?,:` (or ending in "-word"); start = 1 + the
- * BPE count of the preceding words, end = start + the BPE count of the phrase's words. [0, 0] when
- * the phrase is not found. */
-struct rb_clip_tokenizer;
-rb_status rb_train_phrase_span(const struct rb_clip_tokenizer *tok, const char *prompt, const char *phrase,
-                               int64_t span[2]);
 
 #endif
