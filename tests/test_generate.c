@@ -297,6 +297,50 @@ static void dreamrelation(const char *variant, int with_local) {
 static void t_dreamrelation_global(void) { dreamrelation("global_only", 0); }
 static void t_dreamrelation_local(void) { dreamrelation("with_local", 1); }
 
+/* MS-Diffusion's automatic layout on the tiny MS pipeline: with a start step beyond the run it is the
+ * box run exactly; starting at once it changes the image (regions from the phrases' attention). */
+static void t_auto_layout(void) {
+    const char *g = t_golden_path("pipeline_ms_diffusion");
+    if (!g)
+        return;
+    char gdir[4096], tmp[8192], pipe[8192], adapter[8192], enc[4096], im0[8192], im1[8192];
+    snprintf(gdir, sizeof gdir, "%s", g);
+    snprintf(tmp, sizeof tmp, "%s/pipeline", gdir);
+    t_resolve(tmp, pipe, sizeof pipe);
+    snprintf(tmp, sizeof tmp, "%s/ms_adapter.safetensors", gdir);
+    t_resolve(tmp, adapter, sizeof adapter);
+    snprintf(tmp, sizeof tmp, "%s/image_encoder", gdir);
+    t_resolve(tmp, enc, sizeof enc);
+    snprintf(im0, sizeof im0, "%s/images/img0_300x200_rgb.png", enc);
+    snprintf(im1, sizeof im1, "%s/images/img1_180x240_rgba.png", enc);
+    rb_gen_params p;
+    rb_gen_params_init(&p);
+    p.model = pipeline_dir(pipe);
+    p.prompt = "best quality, high quality, a cat and a dog on the beach";
+    p.steps = 3, p.width = p.height = 128, p.ref_resize = 0;
+    p.ms_adapter = adapter, p.image_encoder = enc, p.resampler_dim_head = 8;
+    p.n_subjects = 2;
+    p.subjects[0] = (rb_subject){im0, "cat", {0.05f, 0.2f, 0.45f, 0.8f}};
+    p.subjects[1] = (rb_subject){im1, "dog", {0.55f, 0.25f, 0.95f, 0.75f}};
+    p.arena_bytes = (size_t)256 << 20;
+    rb_image boxes_img, late, early;
+    REQUIRE(rb_generate(&p, &boxes_img) == RB_OK, "%s", rb_last_error());
+    p.auto_layout = 1, p.auto_layout_start = 100;
+    REQUIRE(rb_generate(&p, &late) == RB_OK, "%s", rb_last_error());
+    p.auto_layout_start = 1;
+    REQUIRE(rb_generate(&p, &early) == RB_OK, "%s", rb_last_error());
+    size_t nb = (size_t)128 * 128 * 3, same_late = 0, same_early = 0;
+    for (size_t i = 0; i < nb; i++)
+        same_late += boxes_img.data[i] == late.data[i], same_early += boxes_img.data[i] == early.data[i];
+    CHECK(same_late == nb, "layout not yet active: identical to the box run (%zu of %zu bytes)", same_late, nb);
+    CHECK(same_early < nb * 9 / 10, "layout from step 1 changes the image (%zu of %zu bytes equal)", same_early, nb);
+    p.subjects[1].phrase = "horse";
+    rb_image bad;
+    CHECK(rb_generate(&p, &bad) == RB_ERR_INVALID && strstr(rb_last_error(), "horse"), "a phrase not in the prompt: %s",
+          rb_last_error());
+    rb_image_free(&boxes_img), rb_image_free(&late), rb_image_free(&early);
+}
+
 static void t_bad_params(void) {
     rb_gen_params p;
     rb_gen_params_init(&p);
@@ -408,5 +452,6 @@ int main(int argc, char **argv) {
     RUN(t_pipeline_ms_diffusion);
     RUN(t_dreamrelation_global);
     RUN(t_dreamrelation_local);
+    RUN(t_auto_layout);
     return t_done();
 }

@@ -2,7 +2,9 @@
 #include <jansson.h>
 
 #include "harness.h"
+#include "io/safetensors.h"
 #include "text/clip_tokenizer.h"
+#include "text/phrase_span.h"
 
 /* Compares all 153 strings for one tokenizer folder against tokens.json; returns mismatches. */
 static int check_all(const char *name, const char *ids_key, const char *mask_key) {
@@ -86,7 +88,33 @@ static void t_tokenizer_errors(void) {
     rb_clip_tokenizer_free(tok);
 }
 
+/* Phrase token spans against MS-Diffusion's get_phrase_idx in golden/pipeline_ms_diffusion. */
+static void t_phrase_spans(void) {
+    const char *g = t_golden_path("clip_tokenizer/tokenizer");
+    if (!g)
+        return;
+    char dir[4096], io_path[8192];
+    snprintf(dir, sizeof dir, "%s", g);
+    snprintf(io_path, sizeof io_path, "%s", t_golden_path("pipeline_ms_diffusion/io.safetensors"));
+    rb_clip_tokenizer *tok;
+    REQUIRE(rb_clip_tokenizer_load(&tok, dir) == RB_OK, "%s", rb_last_error());
+    rb_safetensors io;
+    REQUIRE(rb_st_open(&io, io_path) == RB_OK, "%s", rb_last_error());
+    const rb_tensor *want = rb_st_get(&io, "phrase_idxes"); /* [1, 2, 2] */
+    const char *prompt = "best quality, high quality, a cat and a dog on the beach", *phrases[] = {"cat", "dog"};
+    for (int j = 0; want && j < 2; j++) {
+        int64_t span[2];
+        CHECK(rb_phrase_span(tok, prompt, phrases[j], span) == RB_OK && span[0] == (int64_t)rb_tensor_get(want, 2 * j) &&
+                  span[1] == (int64_t)rb_tensor_get(want, 2 * j + 1),
+              "%s: [%lld, %lld)", phrases[j], (long long)span[0], (long long)span[1]);
+    }
+    CHECK(want != NULL, "phrase_idxes in the golden");
+    rb_st_close(&io);
+    rb_clip_tokenizer_free(tok);
+}
+
 int main(void) {
+    RUN(t_phrase_spans);
     RUN(t_tokenizer_golden);
     RUN(t_tokenizer_2_golden);
     RUN(t_tokenizer_errors);

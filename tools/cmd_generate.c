@@ -43,6 +43,8 @@ static void usage(FILE *f) {
             "      --local-encoder FILE DreamRelation's CLIPSelf epoch_6.pt: adds 16 local tokens per subject\n"
             "      --official-pooling   pool every subject's local tokens from the first image, as the released code\n"
             "      --scale GAMMA        image-attention scale, default 0.6\n"
+            "      --auto-layout        MS-Diffusion's automatic layout: after --auto-layout-start steps (5) each\n"
+            "                           subject's region comes from its phrase's text attention instead of its box\n"
             "      --ms-diffusion       MS-Diffusion conventions: references not resized to 512 first\n"
             "      --resampler-dim-head N   head width of the adapter's resampler (64 for the released one)\n"
             "  -t, --threads N          default: all cores\n"
@@ -200,6 +202,8 @@ int cmd_generate(int argc, char **argv) {
             p.compute = RB_BF16;
         } else if (!strcmp(a, "--official-pooling")) {
             p.official_pooling = 1;
+        } else if (!strcmp(a, "--auto-layout")) {
+            p.auto_layout = 1;
         } else if (!strcmp(a, "--ms-diffusion")) {
             p.ref_resize = 0;
         } else {
@@ -250,6 +254,9 @@ int cmd_generate(int argc, char **argv) {
             } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
                 if (!parse_int(v, 1, 1024, &threads))
                     BAD("thread count");
+            } else if (!strcmp(a, "--auto-layout-start")) {
+                if (!parse_int(v, 1, RB_SCHED_MAX_STEPS, &p.auto_layout_start))
+                    BAD("start step");
             } else if (!strcmp(a, "--resampler-dim-head")) {
                 if (!parse_int(v, 1, 4096, &p.resampler_dim_head))
                     BAD("head width");

@@ -29,6 +29,24 @@ typedef struct rb_ms_adapter {
 rb_status rb_ms_adapter_load(rb_ms_adapter *a, const char *path, const rb_unet *unet, int dim_head);
 void rb_ms_adapter_free(rb_ms_adapter *a);
 
+/* MS-Diffusion's automatic layout ("auto layout guidance", use_psuedo_attention_mask): every
+ * cross-attention keeps, per subject, the text attention map of its phrase tokens (mean over the
+ * tokens and heads) from every call; from the start_step-th call on, the average of the kept maps,
+ * min-max normalised over the pixels (eps 1e-5) and thresholded (> mask_threshold), replaces the box
+ * as the subject's region. State lives across the denoising steps of one image. */
+typedef struct rb_ms_layout {
+    int start_step;       /* 5 */
+    float mask_threshold; /* 0.5 */
+    const int64_t (*spans)[2]; /* [n_subjects] phrase token spans [start, end) in the prompt's ids */
+    int n_attn;
+    float **sum;          /* [n_attn] -> [B, n_subjects, N] running sums of the maps (allocated on first use) */
+    int *count;           /* [n_attn] maps kept so far */
+    int64_t *numel;       /* [n_attn] size of sum[i] */
+} rb_ms_layout;
+
+rb_status rb_ms_layout_init(rb_ms_layout *l, int n_attn, const int64_t (*spans)[2], int start_step, float threshold);
+void rb_ms_layout_free(rb_ms_layout *l);
+
 /* Per UNet call: what the masked processors need. */
 typedef struct rb_ms_call {
     const rb_ms_adapter *adapter;
@@ -36,6 +54,7 @@ typedef struct rb_ms_call {
     const float *boxes;          /* [B, n_subjects, 4] (x0, y0, x1, y1) in [0, 1]; all zero = no image (uncond) */
     float scale;                 /* gamma, 0.6 at inference */
     const float *subject_scales; /* NULL, or [n_subjects]: image tokens of subject j weighted by s_j, no gamma */
+    rb_ms_layout *layout;        /* NULL, or the automatic layout's state (rows with boxes use it) */
 } rb_ms_call;
 
 /* The masked cross-attention processor (user = rb_ms_call*). */

@@ -25,6 +25,7 @@
 #include "models/vae.h"
 #include "pipelines/gen_load.h"
 #include "text/clip_tokenizer.h"
+#include "text/phrase_span.h"
 
 const char *const rb_default_negative_prompt = "monochrome, lowres, bad anatomy, worst quality, low quality";
 
@@ -41,6 +42,8 @@ void rb_gen_params_init(rb_gen_params *p) {
     p->resampler_dim_head = 64;
     p->ref_resize = 512;
     p->local_pool = RB_LOCAL_DEFAULT_POOL;
+    p->auto_layout_start = 5;
+    p->auto_layout_threshold = 0.5f;
     p->compute = RB_F32;
     p->negative_prompt = rb_default_negative_prompt;
 }
@@ -52,6 +55,7 @@ typedef struct run {
     rb_tensor *prompt_embeds, *neg_embeds; /* [1, 77, D] */
     rb_tensor *pooled, *neg_pooled;        /* [1, P] */
     rb_tensor *phrase_embeds;              /* [n, D_L] */
+    int64_t spans[RB_MAX_SUBJECTS][2];     /* each phrase's token span in the prompt (automatic layout) */
     /* from the image stage */
     rb_tensor *image_tokens; /* [1, 4 + 16 n, D] */
     rb_unet_config unet_cfg;
@@ -137,6 +141,15 @@ static rb_status stage_text(run *r) {
         if ((s = rb_clip_text_forward(&c, &m.te1, ids, 0, &o)) != RB_OK)
             goto done;
         r->phrase_embeds = keep(r, o.pooled);
+        for (int64_t i = 0; p->auto_layout && i < n; i++) {
+            if ((s = rb_phrase_span(m.tok1, p->prompt, p->subjects[i].phrase, r->spans[i])) != RB_OK)
+                goto done;
+            if (r->spans[i][1] <= r->spans[i][0]) {
+                s = rb_error(RB_ERR_INVALID, "automatic layout: phrase '%s' is not a word sequence of the prompt",
+                             p->subjects[i].phrase);
+                goto done;
+            }
+        }
     }
     s = c.status;
     if (s == RB_OK && (!r->prompt_embeds || !r->pooled || !r->neg_embeds || !r->neg_pooled ||
@@ -270,24 +283,19 @@ static rb_status initial_noise(run *r, rb_rng *g, rb_tensor *lat) {
     return rb_rng_randn(g, lat->data, rb_numel(lat));
 }
 
-static rb_status denoise(run *r, rb_unet *unet, const rb_ms_adapter *ad, rb_scheduler *sch, rb_rng *g,
-                         rb_tensor *lat) {
+/* One image's denoising loop; `call` configures the masked processors (NULL: plain SDXL). */
+static rb_status denoise_steps(run *r, rb_unet *unet, rb_ms_call *call, rb_scheduler *sch, rb_rng *g, rb_tensor *lat) {
     const rb_gen_params *p = r->p;
     int64_t n = rb_numel(lat);
     RB_TRY(initial_noise(r, g, lat));
     for (int64_t i = 0; i < n; i++)
         ((float *)lat->data)[i] *= sch->init_noise_sigma;
-    rb_ms_call call = {.adapter = ad, .n_subjects = p->n_subjects, .scale = p->ip_scale};
-    float boxes[2 * 4 * RB_MAX_SUBJECTS] = {0}; /* row 0 (uncond) stays zero: no image there */
-    for (int i = 0; i < p->n_subjects; i++)
-        memcpy(boxes + 4 * (p->n_subjects + i), p->subjects[i].box, sizeof p->subjects[i].box);
-    call.boxes = boxes;
     rb_unet_proc *procs = NULL;
-    if (ad) {
+    if (call) {
         procs = rb_arena_alloc(&r->keep, (size_t)unet->n_attn * sizeof *procs);
         if (!procs)
             return RB_ERR_OOM;
-        rb_ms_procs(unet, &call, procs);
+        rb_ms_procs(unet, call, procs);
     }
     rb_ctx c;
     rb_ctx_init(&c, &r->work);
@@ -329,6 +337,26 @@ static rb_status denoise(run *r, rb_unet *unet, const rb_ms_adapter *ad, rb_sche
         progress(r, "denoise", i + 1, sch->n_steps);
     }
     return RB_OK;
+}
+
+static rb_status denoise(run *r, rb_unet *unet, const rb_ms_adapter *ad, rb_scheduler *sch, rb_rng *g,
+                         rb_tensor *lat) {
+    const rb_gen_params *p = r->p;
+    if (!ad)
+        return denoise_steps(r, unet, NULL, sch, g, lat);
+    float boxes[2 * 4 * RB_MAX_SUBJECTS] = {0}; /* row 0 (uncond) stays zero: no image there */
+    for (int i = 0; i < p->n_subjects; i++)
+        memcpy(boxes + 4 * (p->n_subjects + i), p->subjects[i].box, sizeof p->subjects[i].box);
+    rb_ms_call call = {.adapter = ad, .n_subjects = p->n_subjects, .scale = p->ip_scale, .boxes = boxes};
+    rb_ms_layout layout = {0};
+    if (p->auto_layout) { /* fresh state per image: the maps are kept over its steps */
+        RB_TRY(rb_ms_layout_init(&layout, unet->n_attn, (const int64_t(*)[2])r->spans, p->auto_layout_start,
+                                 p->auto_layout_threshold));
+        call.layout = &layout;
+    }
+    rb_status s = denoise_steps(r, unet, &call, sch, g, lat);
+    rb_ms_layout_free(&layout);
+    return s;
 }
 
 /* ---- stage 4: decode ---- */

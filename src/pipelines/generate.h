@@ -68,6 +68,10 @@ typedef struct rb_gen_params {
     const char *local_encoder_config; /* open_clip json, or NULL (next to the checkpoint, else ViT-bigG-14) */
     int local_pool;               /* N: N x N local tokens per subject (4) */
     int official_pooling;         /* 1: the released code's pooling (every subject from image 0) */
+    int auto_layout;              /* 1: MS-Diffusion's automatic layout: from auto_layout_start kept text-attention
+                                     maps on, each subject's region comes from its phrase's attention, not its box */
+    int auto_layout_start;        /* 5 */
+    float auto_layout_threshold;  /* 0.5 */
     float ip_scale;               /* gamma, 0.6 */
     rb_subject subjects[RB_MAX_SUBJECTS];
     int n_subjects;
