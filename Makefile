@@ -17,6 +17,9 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(SAN) -Ii
               $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -fopenmp -lm -lpthread
 LDFLAGS ?=
+# MPI (OpenMPI from Debian) for data-parallel runs (src/core/dist.c, docs/distributed.md)
+ALL_CFLAGS += $(shell pkg-config --cflags ompi-c 2>/dev/null)
+LIBS    += $(shell pkg-config --libs ompi-c 2>/dev/null)
 
 LIB_SRCS   := $(sort $(wildcard src/*/*.c))
 TOOL_SRCS  := $(sort $(wildcard tools/*.c bench/*.c))
@@ -24,6 +27,8 @@ TEST_SRCS  := $(sort $(wildcard tests/test_*.c))
 LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TOOL_OBJS  := $(TOOL_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_BINS  := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+# helpers that tests start (e.g. under mpirun); no test_ prefix, so tests/run.sh does not run them itself
+TEST_HELPERS := $(BUILD)/tests/mpi_worker
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: all deps test install uninstall clean demo bench fuzz
@@ -54,7 +59,7 @@ $(BUILD)/tests/%: tests/%.c tests/harness.h $(BUILD)/librelbooth.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(BUILD)/librelbooth.a $(LDFLAGS) $(LIBS)
 
-test: all $(TEST_BINS)
+test: all $(TEST_BINS) $(TEST_HELPERS)
 	@tests/run.sh $(BUILD)
 
 bench: all

@@ -3,7 +3,8 @@
 # nothing is downloaded at build or run time. With --if-missing it does nothing when all are present.
 set -euo pipefail
 PKGS=(build-essential pkg-config libdnnl-dev libpng-dev libjpeg62-turbo-dev libwebp-dev libzip-dev
-      libjansson-dev libyaml-dev libutf8proc-dev)
+      libjansson-dev libyaml-dev libutf8proc-dev
+      libopenmpi-dev openmpi-bin)  # MPI: data-parallel runs (docs/distributed.md)
 # for `make fuzz` and the sanitizer run (clang's libFuzzer and runtime)
 EXTRA=(clang libclang-rt-14-dev valgrind)
 

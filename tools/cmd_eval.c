@@ -1,6 +1,7 @@
 /* relbooth eval MANIFEST -o OUT (--generate --model DIR ... | --images DIR) --clip DIR [--dino DIR]:
  * generates or finds every case's images, scores them (CLIP-T, CLIP-R, CLIP-I, DINO) and writes
  * OUT/metrics.json, OUT/cases.csv and OUT/report.html; a rerun skips finished images (docs/eval.md).
+ * Under `mpirun -np N` the ranks share the cases and rank 0 writes the outputs (docs/distributed.md).
  * Exit status: 0 ok, 1 usage, 2 bad input or failure (one line "relbooth eval: <problem>" on stderr). */
 #include <errno.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/dist.h"
 #include "pipelines/eval.h"
 
 static void usage(FILE *f) {
@@ -206,9 +208,18 @@ int cmd_eval(int argc, char **argv) {
             }
         }
     }
-    rb_eval_stats st;
-    if (rb_eval_run(&p, &st) != RB_OK)
+    /* under mpirun every rank runs this; the cases are shared out (docs/distributed.md) */
+    if (rb_dist_init(NULL, NULL) != RB_OK)
         return cli_fail("eval");
+    rb_eval_stats st;
+    rb_status s = rb_eval_run(&p, &st);
+    int rank = rb_dist_rank();
+    if (rb_dist_finalize() != RB_OK && s == RB_OK)
+        s = RB_ERR_IO;
+    if (s != RB_OK)
+        return cli_fail("eval");
+    if (rank != 0)
+        return RB_EXIT_OK; /* rank 0 prints the result */
     printf("%d cases, %d images (%d generated, %d scored now)\n", st.cases, st.images, st.generated, st.scored);
     const char *fmt = p.scale == RB_SCORE_X100 ? "%s %.2f  " : "%s %.4f  ";
     const char *names[4] = {"CLIP-T", "CLIP-R", "CLIP-I", "DINO"};

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/dist.h"
 #include "core/file.h"
 #include "core/mem.h"
 #include "io/json.h"
@@ -189,7 +190,7 @@ static rb_status make_dir(const char *path, const char *what) {
 static json_t *jnum(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 static double jval(json_t *v) { return json_is_number(v) ? json_number_value(v) : NAN; }
 
-static json_t *header_json(const rb_eval_params *p) {
+json_t *eval_results_header(const rb_eval_params *p) {
     return json_pack("{s:i, s:s, s:o, s:s}", "relbooth_eval_results", RESULTS_VERSION, "clip", p->metrics.clip_dir,
                      "dino", p->metrics.dino_dir ? json_string(p->metrics.dino_dir) : json_null(), "dino_pool",
                      p->metrics.dino_pool == RB_DINO_POOL_MEAN ? "mean" : "cls");
@@ -211,6 +212,11 @@ static json_t *ref_array(const eval_run *r, const eval_item *it, const double *v
 
 static int read_refs(const eval_run *r, const eval_item *it, json_t *a, double *v, int allow_null) {
     const rb_eval_case *c = &r->man.cases[it->c];
+    if (allow_null && json_is_null(a)) { /* DINO without a DINO model */
+        for (int q = 0; q < it->n_refs; q++)
+            v[q] = NAN;
+        return 1;
+    }
     if (!json_is_array(a) || json_array_size(a) != (size_t)c->n_subjects)
         return 0;
     int q = 0;
@@ -228,9 +234,39 @@ static int read_refs(const eval_run *r, const eval_item *it, json_t *a, double *
     return 1;
 }
 
-/* Marks the items that results.jsonl already holds (same case, seed and prompt, same shape). A line that
+json_t *eval_results_line(const eval_run *r, const eval_item *it) {
+    const rb_eval_case *c = &r->man.cases[it->c];
+    return json_pack("{s:s, s:I, s:s, s:s, s:s, s:o, s:o, s:o, s:o}", "case", c->id, "seed", (json_int_t)it->seed,
+                     "image", it->image, "prompt", c->text, "predicate", c->predicate, "clip_t", jnum(it->clip_t),
+                     "clip_r", jnum(it->clip_r), "clip_i", ref_array(r, it, it->clip_i), "dino",
+                     r->p->metrics.dino_dir ? ref_array(r, it, it->dino) : json_null());
+}
+
+/* Marks the item a line describes (same case, seed and prompt, same shape) as done. */
+int eval_results_apply(eval_run *r, json_t *j, int in_log) {
+    const char *id = json_string_value(json_object_get(j, "case"));
+    const char *prompt = json_string_value(json_object_get(j, "prompt"));
+    json_t *seed = json_object_get(j, "seed");
+    int hit = 0;
+    for (int i = 0; id && prompt && json_is_integer(seed) && i < r->n_items; i++) {
+        eval_item *it = &r->items[i];
+        const rb_eval_case *c = &r->man.cases[it->c];
+        if (it->seed != (uint64_t)json_integer_value(seed) || strcmp(c->id, id) || strcmp(c->text, prompt))
+            continue;
+        if (read_refs(r, it, json_object_get(j, "clip_i"), it->clip_i, 0) &&
+            read_refs(r, it, json_object_get(j, "dino"), it->dino, 1)) {
+            it->clip_t = jval(json_object_get(j, "clip_t"));
+            it->clip_r = jval(json_object_get(j, "clip_r"));
+            it->done = hit = 1;
+            it->in_log |= in_log;
+        }
+    }
+    return hit;
+}
+
+/* Marks the items that a results log already holds (in_log: it is results.jsonl itself). A line that
  * does not parse (an interrupted append) is ignored. Other scoring models: error. */
-static rb_status read_results(eval_run *r, const char *path, int *needs_newline) {
+static rb_status read_results(eval_run *r, const char *path, int in_log, int *needs_newline) {
     *needs_newline = 0;
     if (access(path, F_OK) != 0)
         return RB_OK;
@@ -238,7 +274,7 @@ static rb_status read_results(eval_run *r, const char *path, int *needs_newline)
     size_t len;
     RB_TRY(rb_read_file(path, (size_t)1 << 31, &text, &len));
     *needs_newline = len && text[len - 1] != '\n';
-    json_t *want = header_json(r->p);
+    json_t *want = eval_results_header(r->p);
     rb_status s = RB_OK;
     int line_no = 0;
     for (char *line = text, *next; line && *line && s == RB_OK; line = next) {
@@ -250,24 +286,10 @@ static rb_status read_results(eval_run *r, const char *path, int *needs_newline)
             continue;
         if (line_no++ == 0) {
             if (!json_equal(j, want))
-                s = rb_error(RB_ERR_INVALID, "output folder %s: results.jsonl was scored with other models or "
-                                             "settings (%s); use another output folder", r->p->out_dir, line);
+                s = rb_error(RB_ERR_INVALID, "output folder %s: %s was scored with other models or settings (%s); "
+                                             "use another output folder", r->p->out_dir, strrchr(path, '/') + 1, line);
         } else {
-            const char *id = json_string_value(json_object_get(j, "case"));
-            const char *prompt = json_string_value(json_object_get(j, "prompt"));
-            json_t *seed = json_object_get(j, "seed");
-            for (int i = 0; id && prompt && json_is_integer(seed) && i < r->n_items; i++) {
-                eval_item *it = &r->items[i];
-                const rb_eval_case *c = &r->man.cases[it->c];
-                if (it->seed != (uint64_t)json_integer_value(seed) || strcmp(c->id, id) || strcmp(c->text, prompt))
-                    continue;
-                if (read_refs(r, it, json_object_get(j, "clip_i"), it->clip_i, 0) &&
-                    read_refs(r, it, json_object_get(j, "dino"), it->dino, 1)) {
-                    it->clip_t = jval(json_object_get(j, "clip_t"));
-                    it->clip_r = jval(json_object_get(j, "clip_r"));
-                    it->done = 1;
-                }
-            }
+            eval_results_apply(r, j, in_log);
         }
         json_decref(j);
     }
@@ -276,7 +298,31 @@ static rb_status read_results(eval_run *r, const char *path, int *needs_newline)
     return s;
 }
 
-static rb_status append_line(FILE *f, const char *path, json_t *j) {
+/* results.jsonl, then every rank's results.rank<R>.jsonl left by a multi-rank run (any process count). */
+static rb_status read_all_results(eval_run *r, const char *mine, int *needs_newline) {
+    char path[8192];
+    int nl;
+    snprintf(path, sizeof path, "%s/results.jsonl", r->p->out_dir);
+    RB_TRY(read_results(r, path, 1, &nl));
+    *needs_newline = !strcmp(path, mine) && nl;
+    DIR *d = opendir(r->p->out_dir);
+    if (!d)
+        return rb_error(RB_ERR_IO, "output folder %s: cannot read it: %s", r->p->out_dir, strerror(errno));
+    rb_status s = RB_OK;
+    for (struct dirent *e; s == RB_OK && (e = readdir(d));) {
+        int rank, end = 0;
+        if (sscanf(e->d_name, "results.rank%d.jsonl%n", &rank, &end) != 1 || e->d_name[end])
+            continue;
+        snprintf(path, sizeof path, "%s/%s", r->p->out_dir, e->d_name);
+        s = read_results(r, path, 0, &nl);
+        if (!strcmp(path, mine))
+            *needs_newline = nl;
+    }
+    closedir(d);
+    return s;
+}
+
+rb_status eval_results_append(FILE *f, const char *path, json_t *j) {
     char *s = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     if (!s)
@@ -389,11 +435,11 @@ static rb_status score_all(eval_run *r, const char *results_path, int needs_newl
     const rb_eval_params *p = r->p;
     int todo = 0;
     for (int i = 0; i < r->n_items; i++)
-        todo += !r->items[i].done;
-    st->skipped_score = r->n_items - todo;
+        if (eval_mine(&r->items[i]))
+            todo += !r->items[i].done, st->skipped_score += r->items[i].done;
     if (!todo)
         return RB_OK;
-    int fresh = access(results_path, F_OK) != 0;
+    int fresh = access(results_path, F_OK) != 0, alone = rb_dist_size() == 1;
     FILE *f = fopen(results_path, "a");
     if (!f)
         return rb_error(RB_ERR_IO, "output folder %s: cannot write results.jsonl: %s", p->out_dir, strerror(errno));
@@ -403,7 +449,7 @@ static rb_status score_all(eval_run *r, const char *results_path, int needs_newl
     if (needs_newline && fputc('\n', f) == EOF)
         s = rb_error(RB_ERR_IO, "%s: write failed", results_path);
     if (s == RB_OK && fresh)
-        s = append_line(f, results_path, header_json(p));
+        s = eval_results_append(f, results_path, eval_results_header(p));
     if (s == RB_OK)
         s = rb_metrics_open(&sc.m, &p->metrics);
     if (s != RB_OK) {
@@ -423,7 +469,7 @@ static rb_status score_all(eval_run *r, const char *results_path, int needs_newl
     int last_case = -1;
     for (int i = 0; i < r->n_items && s == RB_OK; i++) {
         eval_item *it = &r->items[i];
-        if (it->done)
+        if (it->done || !eval_mine(it))
             continue;
         if (p->cancel && *p->cancel) {
             s = rb_error(RB_ERR_CANCELLED, "eval: cancelled (a rerun resumes)");
@@ -434,14 +480,11 @@ static rb_status score_all(eval_run *r, const char *results_path, int needs_newl
         if (s != RB_OK)
             break;
         const rb_eval_case *c = &r->man.cases[it->c];
-        json_t *line = json_pack("{s:s, s:I, s:s, s:s, s:s, s:o, s:o, s:o, s:o}", "case", c->id, "seed",
-                                 (json_int_t)it->seed, "image", it->image, "prompt", c->text, "predicate", c->predicate,
-                                 "clip_t", jnum(it->clip_t), "clip_r", jnum(it->clip_r), "clip_i",
-                                 ref_array(r, it, it->clip_i), "dino",
-                                 sc.D ? ref_array(r, it, it->dino) : json_null());
-        s = line ? append_line(f, results_path, line) : rb_error(RB_ERR_OOM, "eval");
+        json_t *line = eval_results_line(r, it);
+        s = line ? eval_results_append(f, results_path, line) : rb_error(RB_ERR_OOM, "eval");
         if (s != RB_OK)
             break;
+        it->scored_now = 1, it->in_log = alone;
         st->scored++;
         if (p->log) {
             double v[4];
@@ -478,7 +521,7 @@ rb_status rb_eval_run(const rb_eval_params *p, rb_eval_stats *st) {
     RB_TRY(rb_eval_manifest_load(&r.man, p->manifest, p->root, p->lora_dir));
     char path[8192], results[8192];
     rb_status s = make_dir(p->out_dir, "output folder");
-    snprintf(results, sizeof results, "%s/results.jsonl", p->out_dir);
+    eval_log_path(p, results, sizeof results);
     if (s == RB_OK && p->images_dir) {
         s = collect_images(&r);
     } else if (s == RB_OK) {
@@ -496,10 +539,19 @@ rb_status rb_eval_run(const rb_eval_params *p, rb_eval_stats *st) {
     }
     int needs_newline = 0;
     if (s == RB_OK)
-        s = read_results(&r, results, &needs_newline);
+        s = read_all_results(&r, results, &needs_newline);
+    /* the setup above is the same on every rank; a rank that failed alone must not leave the others
+     * waiting in the merge */
+    s = eval_dist_agree(s, "to read the benchmark");
+    if (s != RB_OK) {
+        free_run(&r);
+        return s;
+    }
     /* phase 1: the missing images */
     for (int i = 0; i < r.n_items && s == RB_OK && !p->images_dir; i++) {
         eval_item *it = &r.items[i];
+        if (!eval_mine(it))
+            continue;
         if (it->done || access(it->image, F_OK) == 0) {
             st->skipped_generate++;
             continue;
@@ -521,11 +573,16 @@ rb_status rb_eval_run(const rb_eval_params *p, rb_eval_stats *st) {
     /* phase 2: scores */
     if (s == RB_OK)
         s = score_all(&r, results, needs_newline, st);
-    if (s == RB_OK) {
+    /* rank 0 collects every rank's scores and writes the outputs */
+    s = eval_dist_merge(&r, s, st);
+    if (s == RB_OK && rb_dist_rank() == 0) {
         st->images = r.n_items;
         st->cases = r.man.n_cases;
         s = eval_write_outputs(&r, st);
     }
+    s = eval_dist_agree(s, "to write the outputs");
+    if (s == RB_OK)
+        s = rb_dist_bcast(st, sizeof *st, 0);
     free_run(&r);
     return s;
 }
