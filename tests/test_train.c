@@ -2,6 +2,7 @@
  * adapter: a short run stopped at step k and resumed gives bit-identical weights to an uninterrupted
  * run; outputs (metrics, loss curve, checkpoints, diffusers-format LoRA that rb_lora_load + the UNet
  * accept); the predicate span against the golden phrase_idxes. */
+#include <math.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -34,7 +35,7 @@ static const char *pipeline_dir(const char *golden_pipeline) {
     return dir;
 }
 
-static char model[4096], adapter[4096], encoder[4096], data[4096];
+static char model[4096], adapter[4096], encoder[4096], data[4096], relbooth_bin[4096];
 
 static int setup(void) {
     const char *g = t_golden_path("pipeline_sdxl");
@@ -159,8 +160,101 @@ static void t_resume_bit_exact(void) {
     rb_lora_free(&set);
 }
 
-int main(void) {
+/* mpirun -np 2 relbooth train with the same global batch as one process: the samples are shared out,
+ * the gradients summed, so the weights agree to float32 rounding (the sum's order differs). */
+static void t_mpi_matches_single(void) {
+    if (!setup())
+        return;
+    char mpirun[4096] = "", bin[4096];
+    const char *path = getenv("PATH");
+    for (const char *d = path; d && *d && !mpirun[0];) {
+        size_t n = strcspn(d, ":");
+        snprintf(mpirun, sizeof mpirun, "%.*s/mpirun", (int)n, d);
+        if (access(mpirun, X_OK) != 0)
+            mpirun[0] = 0;
+        d += n + (d[n] == ':');
+    }
+    if (!mpirun[0]) {
+        t_skip("mpirun not on PATH (apt-get install openmpi-bin)");
+        return;
+    }
+    snprintf(bin, sizeof bin, "%s", relbooth_bin);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    char one[4200], two[4200], args[20000], cmd[30000];
+    snprintf(one, sizeof one, "%s/mpi1", t_tmpdir());
+    snprintf(two, sizeof two, "%s/mpi2", t_tmpdir());
+    snprintf(args, sizeof args,
+             "train --model %s --data %s --ms-adapter %s --image-encoder %s --dim-head 8 --resolution 64 --accum 2 "
+             "--steps 2 --checkpoint-every 0 --seed 3 --lr 1e-4 --recipe paper --batch 2 --arena-gib 1",
+             model, data, adapter, encoder);
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 %s %s --output %s >/dev/null 2>&1", bin, args, one);
+    CHECK(system(cmd) == 0, "single process run failed: %s", cmd);
+    /* loopback only: shared memory between the local ranks; LSan is off for OpenMPI's own leaks */
+    snprintf(cmd, sizeof cmd,
+             "ASAN_OPTIONS=detect_leaks=0 OMP_NUM_THREADS=1 %s -np 2 --oversubscribe --mca btl self,vader "
+             "--mca oob_tcp_if_include lo %s %s --output %s >/dev/null 2>&1",
+             mpirun, bin, args, two);
+    CHECK(system(cmd) == 0, "mpirun -np 2 run failed: %s", cmd);
+    char a[4400], b[4400];
+    snprintf(a, sizeof a, "%s/pytorch_lora_weights.safetensors", one);
+    snprintf(b, sizeof b, "%s/pytorch_lora_weights.safetensors", two);
+    rb_safetensors fa, fb;
+    REQUIRE(rb_st_open(&fa, a) == RB_OK, "%s", rb_last_error());
+    if (rb_st_open(&fb, b) != RB_OK) {
+        CHECK(0, "%s", rb_last_error());
+        rb_st_close(&fa);
+        return;
+    }
+    double worst = 0, scale = 0;
+    int n = 0;
+    for (int i = 0; i < fa.n; i++) {
+        const rb_tensor *x = &fa.entries[i].t, *y = rb_st_get(&fb, fa.entries[i].name);
+        if (!y || rb_numel(x) != rb_numel(y)) {
+            worst = INFINITY;
+            continue;
+        }
+        for (int64_t k = 0; k < rb_numel(x); k++) {
+            worst = fmax(worst, fabs(rb_tensor_get(x, k) - rb_tensor_get(y, k)));
+            scale = fmax(scale, fabs(rb_tensor_get(x, k)));
+        }
+        n++;
+    }
+    /* Adam turns a float32-level difference of a near-zero gradient into up to lr per step, so the weights
+     * are compared at lr scale; the losses and gradient norms below are compared at float32 scale */
+    CHECK(n == fb.n && n > 0 && worst <= 1e-6 * fmax(scale, 1.0), "2 ranks vs 1: %d tensors, max |diff| %g (scale %g)",
+          n, worst, scale);
+    for (int k = 0; k < 2; k++) {
+        char mp[4400];
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", k ? two : one);
+        FILE *f = fopen(mp, "r");
+        double v[2][2] = {{0}};
+        for (int line = 0; f && line < 2; line++)
+            if (fscanf(f, "{\"step\": %*d, \"loss\": %lf, %*[^g]grad_norm\": %lf%*[^\n]\n", &v[line][0], &v[line][1]) != 2)
+                v[line][0] = NAN;
+        if (f)
+            fclose(f);
+        static double first[2][2];
+        if (!k)
+            memcpy(first, v, sizeof v);
+        for (int line = 0; k && line < 2; line++)
+            CHECK(fabs(v[line][0] - first[line][0]) <= 1e-6 * fabs(first[line][0]) &&
+                      fabs(v[line][1] - first[line][1]) <= 1e-5 * fabs(first[line][1]),
+                  "step %d: loss %.9g vs %.9g, grad norm %.9g vs %.9g", line + 1, v[line][0], first[line][0], v[line][1],
+                  first[line][1]);
+    }
+    rb_st_close(&fa);
+    rb_st_close(&fb);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    snprintf(relbooth_bin, sizeof relbooth_bin, "%s", argv[0]); /* build/tests/test_train -> build/relbooth */
+    char *slash = strrchr(relbooth_bin, '/');
+    snprintf(slash ? slash + 1 : relbooth_bin, sizeof relbooth_bin - (size_t)(slash ? slash + 1 - relbooth_bin : 0),
+             "../relbooth");
     RUN(t_span);
     RUN(t_resume_bit_exact);
+    RUN(t_mpi_matches_single);
     return t_done();
 }

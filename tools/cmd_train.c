@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "core/dist.h"
 #include "pipelines/train.h"
 
 static void usage(FILE *f) {
@@ -134,9 +135,18 @@ int cmd_train(int argc, char **argv) {
         return RB_EXIT_USAGE;
     }
     p.progress = on_progress, p.user = &u;
-    rb_train_result r;
-    if (rb_train(&p, &r) != RB_OK)
+    /* under mpirun every rank runs this: samples are shared out, gradients summed (docs/distributed.md) */
+    if (rb_dist_init(NULL, NULL) != RB_OK)
         return cli_fail("train");
+    rb_train_result r;
+    rb_status s = rb_train(&p, &r);
+    int rank = rb_dist_rank();
+    if (rb_dist_finalize() != RB_OK && s == RB_OK)
+        s = RB_ERR_IO;
+    if (s != RB_OK)
+        return cli_fail("train");
+    if (rank != 0)
+        return RB_EXIT_OK; /* rank 0 reports */
     if (u.json) {
         json_t *o = json_pack("{s:i, s:i, s:f, s:f, s:s, s:s, s:s, s:f, s:f, s:f, s:i}", "steps", r.steps, "resumed_from",
                               r.resumed_from, "final_loss", r.final_loss, "seconds", r.seconds, "lora", r.lora_path,

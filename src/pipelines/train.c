@@ -1,6 +1,7 @@
 /* The RelationLoRA training loop (see train.h and docs/train.md). */
 #include "train.h"
 
+#include "core/dist.h"
 #include "text/phrase_span.h"
 
 #include <errno.h>
@@ -423,6 +424,35 @@ static void teardown(trainer *T) {
     rb_train_state_free(&T->st);
 }
 
+/* Data parallelism: sample m of a step is computed by rank m % size, but every rank loads every sample
+ * and makes the same random draws (dataset crops, VAE sampling noise, noise, t), so that each
+ * sample sees exactly the randomness it would see in one process; gradients are then summed. */
+static rb_status skip_micro(trainer *T, int item) {
+    rb_relation_sample smp;
+    RB_TRY(rb_relation_sample_load(&T->ds, item, &smp));
+    int64_t h = T->p->resolution / 8, n = smp.item->n, sizes[3] = {4 * h * h, n * 4 * h * h, 4 * h * h};
+    rb_relation_sample_free(&smp);
+    float *buf = rb_alloc((size_t)sizes[1] * sizeof(float), "skipped sample");
+    if (!buf)
+        return RB_ERR_OOM;
+    rb_status s = RB_OK;
+    for (int i = 0; i < 3 && s == RB_OK; i++) /* the draws of micro_batch, in its order */
+        s = rb_rng_randn(&T->st.rng, buf, sizes[i]);
+    if (s == RB_OK)
+        s = rb_rng_rand(&T->st.rng, buf, 1);
+    rb_free(buf);
+    return s;
+}
+
+/* Sums the ranks' LoRA gradients and step statistics (one process: nothing to do). */
+static rb_status reduce_step(trainer *T, double *stats, int n_stats) {
+    if (rb_dist_size() == 1)
+        return RB_OK;
+    for (int i = 0; i < T->n_params; i++)
+        RB_TRY(rb_dist_allreduce_sum_f32(T->params[i]->grad->data, (size_t)rb_numel(T->params[i]->grad)));
+    return rb_dist_allreduce_sum_f64(stats, (size_t)n_stats);
+}
+
 static void next_item(trainer *T, int *item) {
     rb_train_state *st = &T->st;
     if (st->pos >= st->n_order) { /* new epoch: Fisher-Yates shuffle from the training generator */
@@ -468,21 +498,31 @@ rb_status rb_train(const rb_train_params *p, rb_train_result *res) {
             break;
         }
         rb_train_progress pr = {0};
-        double sums[4] = {0};
-        int nk = 0, nc = 0;
+        double sums[6] = {0}; /* loss, mse, kml, cal, #kml, #cal */
         for (int m = 0; m < micro && s == RB_OK; m++) {
             int item;
             next_item(&T, &item);
+            if (m % rb_dist_size() != rb_dist_rank()) {
+                s = skip_micro(&T, item);
+                continue;
+            }
             micro_out mo = {0};
             s = micro_batch(&T, item, 1.0 / micro, &mo);
             if (s == RB_OK) {
                 sums[0] += mo.loss, sums[1] += mo.mse;
-                sums[2] += mo.kml_on ? mo.kml : 0, nk += mo.kml_on;
-                sums[3] += mo.cal_on ? mo.cal : 0, nc += mo.cal_on;
+                sums[2] += mo.kml_on ? mo.kml : 0, sums[4] += mo.kml_on;
+                sums[3] += mo.cal_on ? mo.cal : 0, sums[5] += mo.cal_on;
             }
         }
-        if (s != RB_OK)
+        int failed = s != RB_OK; /* every rank learns of a failure before the collective sums */
+        if (rb_dist_any(&failed) != RB_OK || failed) {
+            if (s == RB_OK)
+                s = rb_error(RB_ERR_INTERNAL, "train: another rank failed at step %d", T.st.step + 1);
             break;
+        }
+        if ((s = reduce_step(&T, sums, 6)) != RB_OK)
+            break;
+        const int nk = (int)sums[4], nc = (int)sums[5], lead = rb_dist_rank() == 0;
         double norm = NAN;
         if (p->max_grad_norm > 0)
             s = rb_clip_grad_norm(T.n_params, T.params, p->max_grad_norm, 0, &norm);
@@ -502,12 +542,12 @@ rb_status rb_train(const rb_train_params *p, rb_train_result *res) {
         pr.seconds = now() - t0;
         pr.eta = pr.seconds / (T.st.step - first) * (p->max_steps - T.st.step);
         res->final_loss = pr.loss;
-        if ((s = rb_train_metrics_append(p->output_dir, &pr, p->adam.lr)) != RB_OK)
+        if (lead && (s = rb_train_metrics_append(p->output_dir, &pr, p->adam.lr)) != RB_OK)
             break;
-        if (p->progress)
+        if (lead && p->progress)
             p->progress(p->user, &pr);
         int stop = p->stop_after > 0 && T.st.step >= p->stop_after;
-        if ((p->checkpoint_every > 0 && T.st.step % p->checkpoint_every == 0) || stop) {
+        if (lead && ((p->checkpoint_every > 0 && T.st.step % p->checkpoint_every == 0) || stop)) {
             if ((s = rb_train_checkpoint_save(p->output_dir, &T.lora, &T.opt, &T.st, res->last_checkpoint,
                                               sizeof res->last_checkpoint)) != RB_OK)
                 break;
@@ -517,9 +557,9 @@ rb_status rb_train(const rb_train_params *p, rb_train_result *res) {
     }
     res->steps = T.st.step;
     res->seconds = now() - t0;
-    if (s == RB_OK)
+    if (s == RB_OK && rb_dist_rank() == 0) /* one writer for the outputs; every rank holds the same weights */
         s = rb_train_loss_curve(p->output_dir);
-    if (s == RB_OK && T.st.step >= p->max_steps) {
+    if (s == RB_OK && T.st.step >= p->max_steps && rb_dist_rank() == 0) {
         join(res->lora_path, sizeof res->lora_path, p->output_dir, "pytorch_lora_weights.safetensors");
         s = rb_lora_save(&T.lora, res->lora_path);
     }
