@@ -16,6 +16,7 @@
 #include "ops/dnnl.h"
 #include "ops/linear.h"
 #include "ops/ops.h"
+#include "pipelines/metrics.h"
 
 static double now(void) {
     struct timespec ts;
@@ -136,10 +137,38 @@ static rb_status peak_gflops(rb_arena *ar, rb_dtype dt, int reps, double *out) {
 }
 
 static int usage(FILE *f) {
-    fprintf(f, "usage: relbooth bench ops [--json] [-t threads] [-r reps]\n"
+    fprintf(f, "usage: relbooth bench ops|eval [--json] [-t threads] [-r reps]\n"
+               "  eval: time to score one 1024x1024 image with CLIP ViT-L/14 and DINO ViT-S/16 (random full-size\n"
+               "  weights), f32 and bf16\n"
                "  measures this machine's oneDNN f32/bf16 GEMM peak and the GFLOP/s of matmul, conv and\n"
                "  attention cases against it (ratio = efficiency). Default: 2 threads, 5 repetitions (best of).\n");
     return f == stdout ? RB_EXIT_OK : RB_EXIT_USAGE;
+}
+
+/* `relbooth bench eval`: one 1024x1024 image scored with CLIP ViT-L/14 and DINO ViT-S/16 (full-size
+ * random weights built in memory), f32 and bf16; the issue's target is <= 1 s on 2 threads. */
+static int bench_eval(int threads, int reps, int json) {
+    rb_dtype dts[2] = {RB_F32, RB_BF16};
+    if (json)
+        printf("{\"eval\": [");
+    for (int k = 0; k < 2; k++) {
+        rb_metrics_bench_result r;
+        if (rb_metrics_bench(threads, dts[k], reps, &r) != RB_OK)
+            return cli_fail("bench");
+        if (json)
+            printf("%s{\"dtype\": \"%s\", \"threads\": %d, \"seconds\": %.3f, \"clip_image\": %.3f, \"clip_text\": %.3f, "
+                   "\"dino\": %.3f, \"preprocess\": %.3f, \"gflops\": %.1f}",
+                   k ? ", " : "", rb_dtype_name(dts[k]), r.threads, r.total_s, r.clip_image_s, r.clip_text_s, r.dino_s,
+                   r.preprocess_s, r.gflop / r.total_s);
+        else
+            printf("score one 1024x1024 image (%s, %d threads): %.3f s  [CLIP image %.3f, CLIP texts %.3f, DINO %.3f, "
+                   "preprocess %.3f; %.1f GFLOP/s]\n",
+                   rb_dtype_name(dts[k]), r.threads, r.total_s, r.clip_image_s, r.clip_text_s, r.dino_s, r.preprocess_s,
+                   r.gflop / r.total_s);
+    }
+    if (json)
+        printf("]}\n");
+    return RB_EXIT_OK;
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -148,8 +177,8 @@ int cmd_bench(int argc, char **argv) {
         return usage(stderr);
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
         return usage(stdout);
-    if (strcmp(argv[1], "ops")) {
-        fprintf(stderr, "relbooth bench: unknown suite '%s' (have: ops)\n", argv[1]);
+    if (strcmp(argv[1], "ops") && strcmp(argv[1], "eval")) {
+        fprintf(stderr, "relbooth bench: unknown suite '%s' (have: ops, eval)\n", argv[1]);
         return RB_EXIT_USAGE;
     }
     for (int i = 2; i < argc; i++) {
@@ -169,6 +198,8 @@ int cmd_bench(int argc, char **argv) {
         return RB_EXIT_USAGE;
     }
     rb_set_num_threads(threads);
+    if (!strcmp(argv[1], "eval"))
+        return bench_eval(threads, reps, json);
     rb_arena ar;
     if (rb_arena_init(&ar, (size_t)512 << 20, "bench arena") != RB_OK)
         return cli_fail("bench");
