@@ -12,14 +12,23 @@ ifneq ($(CI)$(WERROR),)
 WARN    += -Werror
 endif
 BUILD   ?= build
-PKGS    := libpng libjpeg libwebp libzip jansson yaml-0.1 libutf8proc
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(SAN) -Iinclude -Isrc -Itools \
-              $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -fopenmp -lm -lpthread
+# pkg-config names; ompi-c is OpenMPI for data-parallel runs (src/core/dist.c, docs/distributed.md)
+PKGS    := libpng libjpeg libwebp libzip jansson yaml-0.1 libutf8proc ompi-c
+
+# The packages' flags are read once the packages are there: $(BUILD)/pkgflags.mk is made by installing
+# what is missing (scripts/install-deps.sh) and asking pkg-config; make then restarts with it, so a
+# plain `make` works on a fresh machine.
+.DEFAULT_GOAL := all
+PKG_MK  := $(BUILD)/pkgflags.mk
+-include $(PKG_MK)
+$(PKG_MK): scripts/install-deps.sh Makefile
+	@scripts/install-deps.sh --if-missing
+	@mkdir -p $(dir $@)
+	@printf 'PKG_CFLAGS := %s\nPKG_LIBS := %s\n' "$$(pkg-config --cflags $(PKGS))" "$$(pkg-config --libs $(PKGS))" >$@
+
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fopenmp $(WARN) $(CFLAGS) $(SAN) -Iinclude -Isrc -Itools $(PKG_CFLAGS)
+LIBS    = $(PKG_LIBS) -ldnnl -fopenmp -lm -lpthread
 LDFLAGS ?=
-# MPI (OpenMPI from Debian) for data-parallel runs (src/core/dist.c, docs/distributed.md)
-ALL_CFLAGS += $(shell pkg-config --cflags ompi-c 2>/dev/null)
-LIBS    += $(shell pkg-config --libs ompi-c 2>/dev/null)
 
 LIB_SRCS   := $(sort $(wildcard src/*/*.c))
 TOOL_SRCS  := $(sort $(wildcard tools/*.c bench/*.c))
@@ -29,19 +38,14 @@ TOOL_OBJS  := $(TOOL_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_BINS  := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # helpers that tests start (e.g. under mpirun); no test_ prefix, so tests/run.sh does not run them itself
 TEST_HELPERS := $(BUILD)/tests/mpi_worker
-DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: all deps test install uninstall clean demo bench fuzz
 all: $(BUILD)/librelbooth.a $(BUILD)/librelbooth.so $(BUILD)/relbooth
 
-# Installs the Debian packages once when a header or pkg-config file is missing.
-$(DEPS_STAMP): scripts/install-deps.sh
-	@scripts/install-deps.sh --if-missing
-	@mkdir -p $(BUILD) && touch $@
 deps:
 	scripts/install-deps.sh
 
-$(BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
