@@ -6,7 +6,7 @@
 set -euo pipefail
 out=${1:-build-fuzz/corpus}
 golden=${RELBOOTH_GOLDEN:-../shared/golden}
-mkdir -p "$out"/{fuzz_safetensors,fuzz_torch,fuzz_pickle,fuzz_image,fuzz_sched_config,fuzz_clip_tokenizer,fuzz_yaml_config}
+mkdir -p "$out"/{fuzz_safetensors,fuzz_torch,fuzz_pickle,fuzz_image,fuzz_sched_config,fuzz_clip_tokenizer,fuzz_yaml_config,fuzz_manifests}
 if [ ! -d "$golden" ]; then
     echo "fuzz/seed.sh: no golden folder at $golden; corpora start empty" >&2
     exit 0
@@ -60,5 +60,11 @@ fi
 [ -f "$golden/pipeline_dreamrelation/config.yaml" ] && cp -L "$golden/pipeline_dreamrelation/config.yaml" "$out/fuzz_yaml_config/golden.yaml"
 printf 'prompt: "A cat is hugging a dog."\nimages_path: [a.png, b.png]\nboxes: [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]\nphrases: [cat, dog]\n' >"$out/fuzz_yaml_config/plain.yaml"
 printf 'lora_weights: l.safetensors\nprompt: x\nimages_path: []\n' >"$out/fuzz_yaml_config/empty.yaml"
+# manifests: first byte 1 = relbooth eval (object and RelationBench array forms), 0 = training data
+m="$out/fuzz_manifests"
+printf '\001{"root": "refs", "subjects": [{"name": "cat", "images": ["cat/00.jpg"], "phrase": "cat"}, {"name": "dog", "images": ["dog/00.jpg"]}], "cases": [{"id": "hug", "prompt": "A {} is hugging a {} in front of the mountain.", "subjects": ["cat", "dog"], "boxes": [[0, 0.25, 0.5, 0.75], [0.5, 0.25, 1, 0.75]]}, {"id": "ride", "prompt": "A {} is riding a horse.", "subjects": ["dog"], "predicate": "riding", "lora": "l.safetensors", "lora_scale": 0.8}]}' >"$m/eval_object.json"
+printf '\001[{"sub1": "benchmark/plushie_cat", "prompt": "A plushie cat is hugging a cat.", "phrase": "plushie_cat", "model": "lora-hug"}]' >"$m/eval_relationbench.json"
+printf '\000{"format": "relbooth.relation-data", "version": 1, "root": "data", "samples": [{"id": "0", "prompt": "A cat is hugging a dog.", "entities": ["cat", "dog"], "predicate": ["hugging"], "motion": "videos/0/motion.png", "concepts": ["videos/0/concept0.png", "videos/0/concept1.png"], "masks": ["masks/0/motion0.png", "masks/0/motion1.png"], "motion_keypoints": "videos/0/motion_keyposes.pth", "concept_keypoints": ["videos/0/concept_keyposes_one.pth", [[0.51, 0.32], [0.49, 0.30]]]}]}' >"$m/train.json"
+n=$((n + 3))
 echo "fuzz/seed.sh: $n seed files in $out"
 
