@@ -1,0 +1,39 @@
+/* Fixtures shared by the op tests (tests/test_<op family>.c): random tensors in an arena, a tape
+ * for gradients, a fresh context per check, closeness to a reference value, and the
+ * no-allocation-after-warm-up check. */
+#ifndef RB_TEST_UTIL_H
+#define RB_TEST_UTIL_H
+
+#include "gradcheck.h"
+
+#include "core/arena.h"
+#include "core/mem.h"
+
+/* a float32 tensor in `arena` filled with t_fill(seed): uniform(-1, 1) */
+static inline rb_tensor *t_rand_tensor(rb_arena *arena, int nd, const int64_t *shape, unsigned seed) {
+    rb_tensor *t = rb_arena_tensor(arena, RB_F32, nd, shape);
+    t_fill(t->data, (size_t)rb_numel(t), seed);
+    return t;
+}
+
+/* |got - want| <= tol * (1 + |want|): tol is relative for large values, absolute near zero */
+static inline int t_close_to(float got, double want, double tol) { return fabs(got - want) <= tol * (1 + fabs(want)); }
+
+/* A tape (with its gradient arena) switched on for context c by t_tape_on, off and freed by t_tape_off. */
+typedef struct {
+    rb_arena grads;
+    rb_tape tape;
+} t_tape_env;
+static inline int t_tape_on(t_tape_env *e, rb_ctx *c) {
+    if (rb_arena_init(&e->grads, 16 << 20, "grads") != RB_OK || rb_tape_init(&e->tape, 16, &e->grads) != RB_OK)
+        return 0;
+    c->tape = &e->tape;
+    return 1;
+}
+static inline void t_tape_off(t_tape_env *e, rb_ctx *c) {
+    c->tape = NULL;
+    rb_tape_free(&e->tape);
+    rb_arena_free(&e->grads);
+}
+
+#endif
