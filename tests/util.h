@@ -36,4 +36,13 @@ static inline void t_tape_off(t_tape_env *e, rb_ctx *c) {
     rb_arena_free(&e->grads);
 }
 
+/* cx set up fresh over `arena` emptied (created with `bytes` on first use); NULL when it cannot be. */
+static inline rb_ctx *t_fresh_ctx(rb_arena *arena, rb_ctx *cx, size_t bytes) {
+    if (!arena->base && rb_arena_init(arena, bytes, "test arena") != RB_OK)
+        return NULL;
+    rb_arena_reset(arena, 0);
+    rb_ctx_init(cx, arena);
+    return cx;
+}
+
 #endif
