@@ -6,7 +6,6 @@
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
 #include <jansson.h>
-#include <libgen.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -408,9 +407,7 @@ static void t_bad_input(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(bin, sizeof bin, "%s/../relbooth", dirname(self));
+    t_beside_self(argv[0], "../relbooth", bin, sizeof bin);
     const char *g = t_golden_path("pipeline_sdxl");
     if (g && t_pipeline_dir(g, "pipeline_sdxl", pipe_dir, sizeof pipe_dir)) {
         snprintf(adapter, sizeof adapter, "%s", t_golden_path("ms_diffusion/ms_adapter.safetensors"));

@@ -423,10 +423,7 @@ static void t_cli_generate(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    snprintf(relbooth_bin, sizeof relbooth_bin, "%s", argv[0]);
-    char *slash = strrchr(relbooth_bin, '/');
-    snprintf(slash ? slash + 1 : relbooth_bin, sizeof relbooth_bin - (size_t)(slash ? slash + 1 - relbooth_bin : 0),
-             "../relbooth");
+    t_beside_self(argv[0], "../relbooth", relbooth_bin, sizeof relbooth_bin);
     RUN(t_cli_generate);
     RUN(t_bad_params);
     RUN(t_pipeline_sdxl);

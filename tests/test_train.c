@@ -144,15 +144,8 @@ static void t_resume_bit_exact(void) {
 static void t_mpi_matches_single(void) {
     if (!setup())
         return;
-    char mpirun[4096] = "", bin[4096];
-    const char *path = getenv("PATH");
-    for (const char *d = path; d && *d && !mpirun[0];) {
-        size_t n = strcspn(d, ":");
-        snprintf(mpirun, sizeof mpirun, "%.*s/mpirun", (int)n, d);
-        if (access(mpirun, X_OK) != 0)
-            mpirun[0] = 0;
-        d += n + (d[n] == ':');
-    }
+    char mpirun[4096], bin[4096];
+    t_find_on_path("mpirun", mpirun, sizeof mpirun);
     if (!mpirun[0]) {
         t_skip("mpirun not on PATH (apt-get install openmpi-bin)");
         return;
@@ -228,10 +221,7 @@ static void t_mpi_matches_single(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    snprintf(relbooth_bin, sizeof relbooth_bin, "%s", argv[0]); /* build/tests/test_train -> build/relbooth */
-    char *slash = strrchr(relbooth_bin, '/');
-    snprintf(slash ? slash + 1 : relbooth_bin, sizeof relbooth_bin - (size_t)(slash ? slash + 1 - relbooth_bin : 0),
-             "../relbooth");
+    t_beside_self(argv[0], "../relbooth", relbooth_bin, sizeof relbooth_bin); /* build/tests/test_train -> build/relbooth */
     RUN(t_span);
     RUN(t_resume_bit_exact);
     RUN(t_mpi_matches_single);
