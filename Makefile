@@ -59,7 +59,7 @@ $(BUILD)/librelbooth.so: $(LIB_OBJS)
 $(BUILD)/relbooth: $(TOOL_OBJS) $(BUILD)/librelbooth.a
 	$(CC) $(SAN) -o $@ $(TOOL_OBJS) $(BUILD)/librelbooth.a $(LDFLAGS) $(LIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/harness.h $(BUILD)/librelbooth.a
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/librelbooth.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(BUILD)/librelbooth.a $(LDFLAGS) $(LIBS)
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static int t_failed_total, t_cur_failed, t_cur_skipped;
 static char t_skip_reason[256];
@@ -152,6 +153,30 @@ static inline const char *t_tmpdir(void) {
             snprintf(dir, sizeof dir, "/tmp");
     }
     return dir;
+}
+
+/* "<folder of argv0>/<rel>" in out: the test programs live in build/tests/, so
+ * t_beside_self(argv[0], "../relbooth", ...) is the CLI built with them. Returns out. */
+static inline const char *t_beside_self(const char *argv0, const char *rel, char *out, size_t cap) {
+    const char *slash = strrchr(argv0, '/');
+    if (!slash)
+        snprintf(out, cap, "./%s", rel);
+    else
+        snprintf(out, cap, "%.*s/%s", slash == argv0 ? 1 : (int)(slash - argv0), argv0, rel);
+    return out;
+}
+
+/* The first executable `name` in a PATH folder, in out; "" when there is none. Returns out. */
+static inline const char *t_find_on_path(const char *name, char *out, size_t cap) {
+    out[0] = 0;
+    for (const char *d = getenv("PATH"); d && *d && !out[0];) {
+        size_t n = strcspn(d, ":");
+        snprintf(out, cap, "%.*s/%s", (int)n, d, name);
+        if (access(out, X_OK) != 0)
+            out[0] = 0;
+        d += n + (d[n] == ':');
+    }
+    return out;
 }
 
 #endif

@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/resource.h>
@@ -662,12 +661,10 @@ static void t_regressions(void) {
 }
 
 int main(int argc, char **argv) {
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argc > 0 ? argv[0] : ".");
-    const char *dir = dirname(self);
-    snprintf(bin, sizeof bin, "%s/../relbooth", dir);
+    const char *self = argc > 0 ? argv[0] : "./test_badinput";
+    t_beside_self(self, "../relbooth", bin, sizeof bin);
     /* build/tests/ -> repository root: ../../tests/data/regress, or REL from the working directory */
-    snprintf(regress_dir, sizeof regress_dir, "%s/../../tests/data/regress", dir);
+    t_beside_self(self, "../../tests/data/regress", regress_dir, sizeof regress_dir);
     RUN(t_library_matrix);
     RUN(t_cli_matrix);
     RUN(t_regressions);

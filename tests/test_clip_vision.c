@@ -6,55 +6,7 @@
 
 #include <unistd.h>
 
-#include "io/image.h"
-#include "models/image_processor.h"
-
-static void compare(const char *what, const rb_tensor *got, const rb_tensor *want, float atol) {
-    REQUIRE(got && want, "%s: missing", what);
-    REQUIRE(rb_numel(got) == rb_numel(want) && rb_is_contiguous(got), "%s: %lld vs %lld elements", what,
-            (long long)rb_numel(got), (long long)rb_numel(want));
-    double md;
-    int ok = t_allclose(got->data, want->data, (size_t)rb_numel(want), atol, 0, &md);
-    CHECK(ok, "%s: max |diff| %g > %g", what, md, atol);
-    fprintf(stderr, "  %-28s max |diff| %.3g (atol %.3g)\n", what, md, atol);
-}
-
-/* pixel_values [n, 3, H, W] of the PNGs `names` in `img_dir` through preprocessor_config.json
- * `cfg_path` (models/image_processor.h); malloc'd, NULL on failure (check failed). */
-static float *pixels_from_pngs(const char *cfg_path, const char *img_dir, const char *const *names, int n,
-                               int64_t shape[4]) {
-    rb_preprocess_config cfg;
-    if (rb_preprocess_config_load(&cfg, cfg_path) != RB_OK) {
-        CHECK(0, "%s", rb_last_error());
-        return NULL;
-    }
-    float *px = NULL;
-    for (int i = 0; i < n; i++) {
-        char path[8192];
-        snprintf(path, sizeof path, "%s/%s", img_dir, names[i]);
-        rb_image img;
-        int h = 0, w = 0;
-        rb_status s = rb_image_load(&img, path, 0);
-        if (s == RB_OK) {
-            s = rb_preprocess_output_size(&cfg, img.width, img.height, &h, &w);
-            if (s == RB_OK && !px) {
-                shape[0] = n, shape[1] = 3, shape[2] = h, shape[3] = w;
-                px = malloc(sizeof(float) * (size_t)n * 3 * (size_t)h * (size_t)w);
-            }
-            if (s == RB_OK && (!px || h != shape[2] || w != shape[3]))
-                s = RB_ERR_INVALID;
-            if (s == RB_OK)
-                s = rb_image_preprocess(&img, &cfg, px + (size_t)i * 3 * (size_t)h * (size_t)w);
-            rb_image_free(&img);
-        }
-        if (s != RB_OK) {
-            CHECK(0, "%s: %s", path, rb_last_error());
-            free(px);
-            return NULL;
-        }
-    }
-    return px;
-}
+#include "golden_models.h"
 
 /* the transformers golden outputs of `m` on `pixels` (NULL: io's pixel_values) */
 static void check_hf_outputs(const rb_clip_vision *m, const rb_safetensors *io, rb_tensor *pixels) {
@@ -68,13 +20,13 @@ static void check_hf_outputs(const rb_clip_vision *m, const rb_safetensors *io, 
     CHECK(s == RB_OK, "forward: %s", rb_last_error());
     if (s == RB_OK) {
         /* atol = 10 x fp32-vs-fp64 of case.md */
-        compare("last_hidden_state", out.last_hidden, rb_st_get(io, "last_hidden_state"), 5.6e-5f);
-        compare("penultimate_hidden_state", out.penultimate, rb_st_get(io, "penultimate_hidden_state"), 4.8e-5f);
-        compare("hidden_states.0", out.hidden[0], rb_st_get(io, "hidden_states.0"), 3.3e-5f);
-        compare("hidden_states.3 (= last)", out.hidden[3], rb_st_get(io, "last_hidden_state"), 5.6e-5f);
-        compare("hidden_states.2 (= penult.)", out.hidden[2], rb_st_get(io, "penultimate_hidden_state"), 4.8e-5f);
-        compare("pooler_output", out.pooled, rb_st_get(io, "pooler_output"), 1.5e-5f);
-        compare("image_embeds", out.image_embeds, rb_st_get(io, "image_embeds"), 1.6e-5f);
+        t_compare("last_hidden_state", out.last_hidden, rb_st_get(io, "last_hidden_state"), 5.6e-5f);
+        t_compare("penultimate_hidden_state", out.penultimate, rb_st_get(io, "penultimate_hidden_state"), 4.8e-5f);
+        t_compare("hidden_states.0", out.hidden[0], rb_st_get(io, "hidden_states.0"), 3.3e-5f);
+        t_compare("hidden_states.3 (= last)", out.hidden[3], rb_st_get(io, "last_hidden_state"), 5.6e-5f);
+        t_compare("hidden_states.2 (= penult.)", out.hidden[2], rb_st_get(io, "penultimate_hidden_state"), 4.8e-5f);
+        t_compare("pooler_output", out.pooled, rb_st_get(io, "pooler_output"), 1.5e-5f);
+        t_compare("image_embeds", out.image_embeds, rb_st_get(io, "image_embeds"), 1.6e-5f);
     }
     rb_arena_free(&arena);
 }
@@ -226,7 +178,7 @@ static void dense_path(const char *cfg, const char *ckpt, const char *prefix, co
     rb_tensor *planes = rb_permute(&c, rb_reshape(&c, &grid, 4, (int64_t[]){1, n, n, D}), (int[]){0, 3, 1, 2});
     rb_tensor *up = rb_permute(&c, rb_interpolate_bicubic(&c, planes, G, G), (int[]){0, 2, 3, 1});
     rb_tensor *pos = rb_concat(&c, (rb_tensor *[]){&cls_pe, rb_reshape(&c, up, 2, (int64_t[]){G * G, D})}, 2, 0);
-    compare("interpolated_positional_emb.", pos, rb_st_get(io, "interpolated_positional_embedding"), 7.3e-7f);
+    t_compare("interpolated_positional_emb.", pos, rb_st_get(io, "interpolated_positional_embedding"), 7.3e-7f);
     rb_tensor px = *rb_st_get(io, "pixel_values");
     rb_tensor *x = rb_clip_vision_embed(&c, &m, &px, pos);
     x = rb_layer_norm(&c, x, m.pre_ln_w, m.pre_ln_b, m.cfg.layer_norm_eps);
@@ -242,7 +194,7 @@ static void dense_path(const char *cfg, const char *ckpt, const char *prefix, co
     x = rb_layer_norm(&c, rb_slice(&c, x, 1, 1, 1 + G * G), m.post_ln_w, m.post_ln_b, eps);
     CHECK(x, "dense path: %s", rb_last_error());
     if (x)
-        compare("dense_ln_post_output", x, rb_st_get(io, "dense_ln_post_output"), 3.6e-5f);
+        t_compare("dense_ln_post_output", x, rb_st_get(io, "dense_ln_post_output"), 3.6e-5f);
     rb_arena_free(&arena);
     rb_clip_vision_free(&m);
 }
@@ -282,7 +234,7 @@ static void t_open_clip_checkpoint(void) {
         rb_tensor px = *rb_st_get(&io, "pixel_values");
         rb_clip_vision_out out;
         CHECK(rb_clip_vision_forward(&c, &m, &px, 0, &out) == RB_OK, "forward: %s", rb_last_error());
-        compare("global_tokens", out.penultimate, rb_st_get(&io, "global_tokens"), 3.9e-5f);
+        t_compare("global_tokens", out.penultimate, rb_st_get(&io, "global_tokens"), 3.9e-5f);
         rb_arena_free(&arena);
         rb_clip_vision_free(&m);
     } else {
@@ -303,7 +255,7 @@ static void t_clip_vision_from_pngs(void) {
     snprintf(img_dir, sizeof img_dir, "%s/images", dir);
     static const char *const names[] = {"img0_300x200_rgb.png", "img1_180x240_rgba.png", "img2_224x224_rgb.png"};
     int64_t shape[4];
-    float *px = pixels_from_pngs(path, img_dir, names, 3, shape);
+    float *px = t_pixels_from_pngs(path, img_dir, names, 3, shape);
     if (!px)
         return;
     rb_tensor t = rb_tensor_wrap(px, RB_F32, 4, shape);
@@ -312,7 +264,7 @@ static void t_clip_vision_from_pngs(void) {
     rb_safetensors io;
     if (rb_clip_vision_load(&m, dir) == RB_OK && rb_st_open(&io, path) == RB_OK) {
         /* the processor's own golden bound (case.md: float32 re-normalisation within 4.8e-07) */
-        compare("pixel_values", &t, rb_st_get(&io, "pixel_values"), 1e-6f);
+        t_compare("pixel_values", &t, rb_st_get(&io, "pixel_values"), 1e-6f);
         check_hf_outputs(&m, &io, &t);
         rb_st_close(&io);
         rb_clip_vision_free(&m);

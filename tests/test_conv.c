@@ -1,9 +1,8 @@
 /* rb_conv2d: forward against a naive double-precision convolution (strides, paddings, kernels 1x1 /
  * 3x3 / 4x4, odd sizes, f32/bf16/f16 weights, f32 and bf16 compute), finite-difference gradients of
  * input, weight and bias, errors for bad shapes, and no allocation after warm-up. */
-#include "gradcheck.h"
+#include "util.h"
 
-#include "core/mem.h"
 #include "ops/conv.h"
 
 static rb_tensor mk(rb_dtype dt, int ndim, const int64_t *shape, unsigned seed) {
@@ -159,39 +158,24 @@ static void t_bad_shapes(void) {
     rb_arena_free(&ar);
 }
 
+typedef struct {
+    rb_tensor *x, *w, *w2, *b;
+} conv_pair;
+static rb_tensor *conv_pair_step(rb_ctx *c, void *user) {
+    conv_pair *p = user;
+    rb_tensor *h = rb_conv2d(c, p->x, p->w, NULL, 1, 1, 1, 1);
+    rb_tensor *y = rb_conv2d(c, h, p->w2, p->b, 2, 2, 1, 1);
+    p->x->grad = p->w2->grad = p->b->grad = NULL;
+    return y;
+}
+
 static void t_no_alloc_after_warmup(void) {
-    rb_arena act, grads;
-    rb_tape tape;
-    rb_ctx c;
-    REQUIRE(rb_arena_init(&act, 32 << 20, "act") == RB_OK && rb_arena_init(&grads, 8 << 20, "grads") == RB_OK, "arenas");
-    REQUIRE(rb_tape_init(&tape, 64, &grads) == RB_OK, "tape");
-    rb_ctx_init(&c, &act);
-    c.tape = &tape;
     rb_tensor x = mk(RB_F32, 4, (int64_t[]){1, 32, 16, 16}, 1), w = mk(RB_F16, 4, (int64_t[]){32, 32, 3, 3}, 2),
               w2 = mk(RB_F32, 4, (int64_t[]){16, 32, 3, 3}, 3), b = mk(RB_F32, 1, (int64_t[]){16}, 4);
     x.requires_grad = w2.requires_grad = b.requires_grad = 1;
-    size_t in_use = 0, peak = 0;
-    for (int it = 0; it < 4; it++) {
-        c.matmul_dtype = it % 2 ? RB_BF16 : RB_F32;
-        if (it == 2) {
-            in_use = rb_mem_in_use();
-            peak = rb_mem_peak();
-        }
-        rb_tensor *h = rb_conv2d(&c, &x, &w, NULL, 1, 1, 1, 1);
-        rb_tensor *y = rb_conv2d(&c, h, &w2, &b, 2, 2, 1, 1);
-        REQUIRE(y, "%s", rb_last_error());
-        x.grad = w2.grad = b.grad = NULL;
-        REQUIRE(rb_backward_with(&c, y, y) == RB_OK, "%s", rb_last_error());
-        rb_tape_reset(&tape);
-        rb_arena_reset(&act, 0);
-        rb_arena_reset(&grads, 0);
-    }
-    CHECK(rb_mem_in_use() == in_use && rb_mem_peak() == peak, "allocations after warm-up: in use %zu -> %zu, peak %zu -> %zu",
-          in_use, rb_mem_in_use(), peak, rb_mem_peak());
+    conv_pair p = {&x, &w, &w2, &b};
+    t_check_no_alloc_after_warmup(conv_pair_step, &p);
     rb_tensor_free(&x), rb_tensor_free(&w), rb_tensor_free(&w2), rb_tensor_free(&b);
-    rb_tape_free(&tape);
-    rb_arena_free(&act);
-    rb_arena_free(&grads);
 }
 
 int main(void) {

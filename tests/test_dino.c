@@ -6,55 +6,7 @@
 
 #include <unistd.h>
 
-#include "io/image.h"
-#include "models/image_processor.h"
-
-static void compare(const char *what, const rb_tensor *got, const rb_tensor *want, float atol) {
-    REQUIRE(got && want, "%s: missing", what);
-    REQUIRE(rb_numel(got) == rb_numel(want) && rb_is_contiguous(got), "%s: %lld vs %lld elements", what,
-            (long long)rb_numel(got), (long long)rb_numel(want));
-    double md;
-    int ok = t_allclose(got->data, want->data, (size_t)rb_numel(want), atol, 0, &md);
-    CHECK(ok, "%s: max |diff| %g > %g", what, md, atol);
-    fprintf(stderr, "  %-40s max |diff| %.3g (atol %.3g)\n", what, md, atol);
-}
-
-/* pixel_values [n, 3, H, W] of the PNGs `names` in `img_dir` through preprocessor_config.json
- * `cfg_path` (models/image_processor.h); malloc'd, NULL on failure (check failed). */
-static float *pixels_from_pngs(const char *cfg_path, const char *img_dir, const char *const *names, int n,
-                               int64_t shape[4]) {
-    rb_preprocess_config cfg;
-    if (rb_preprocess_config_load(&cfg, cfg_path) != RB_OK) {
-        CHECK(0, "%s", rb_last_error());
-        return NULL;
-    }
-    float *px = NULL;
-    for (int i = 0; i < n; i++) {
-        char path[8192];
-        snprintf(path, sizeof path, "%s/%s", img_dir, names[i]);
-        rb_image img;
-        int h = 0, w = 0;
-        rb_status s = rb_image_load(&img, path, 0);
-        if (s == RB_OK) {
-            s = rb_preprocess_output_size(&cfg, img.width, img.height, &h, &w);
-            if (s == RB_OK && !px) {
-                shape[0] = n, shape[1] = 3, shape[2] = h, shape[3] = w;
-                px = malloc(sizeof(float) * (size_t)n * 3 * (size_t)h * (size_t)w);
-            }
-            if (s == RB_OK && (!px || h != shape[2] || w != shape[3]))
-                s = RB_ERR_INVALID;
-            if (s == RB_OK)
-                s = rb_image_preprocess(&img, &cfg, px + (size_t)i * 3 * (size_t)h * (size_t)w);
-            rb_image_free(&img);
-        }
-        if (s != RB_OK) {
-            CHECK(0, "%s: %s", path, rb_last_error());
-            free(px);
-            return NULL;
-        }
-    }
-    return px;
-}
+#include "golden_models.h"
 
 /* cosine of two rows in double (the metric's score, computed independently of the library) */
 static float cosine(const float *a, const float *b, int64_t n) {
@@ -105,10 +57,10 @@ static void run_case(const dino_case *k, int from_pngs) {
         snprintf(cfg_path, sizeof cfg_path, "%s/preprocessor_config.json", dir);
         const char *gi = t_golden_path("clip_vision/images");
         snprintf(img_dir, sizeof img_dir, "%s", gi ? gi : "");
-        buf = pixels_from_pngs(cfg_path, img_dir, names, 2, shape);
+        buf = t_pixels_from_pngs(cfg_path, img_dir, names, 2, shape);
         if (buf) {
             rb_tensor t = rb_tensor_wrap(buf, RB_F32, 4, shape);
-            compare("pixel_values", &t, &px, 1e-6f);
+            t_compare("pixel_values", &t, &px, 1e-6f);
             px = t;
         }
     }
@@ -117,13 +69,13 @@ static void run_case(const dino_case *k, int from_pngs) {
     CHECK(s == RB_OK, "forward: %s", rb_last_error());
     if (s == RB_OK) {
         if (k->kind == RB_DINO_V2)
-            compare("dinov2.interpolated_position_embeddings", out.pos, IO("interpolated_position_embeddings"),
-                    k->tol_pos);
+            t_compare("dinov2.interpolated_position_embeddings", out.pos, IO("interpolated_position_embeddings"),
+                      k->tol_pos);
         else
             CHECK(out.pos == m.pos_emb, "ViT at its own size keeps the checkpoint's positions");
-        compare("embeddings", out.embeddings, IO("embeddings"), k->tol_emb);
-        compare("last_hidden_state", out.last_hidden, IO("last_hidden_state"), k->tol_last);
-        compare("cls", out.cls, IO(k->kind == RB_DINO_V2 ? "pooler_output" : "cls"), k->tol_cls);
+        t_compare("embeddings", out.embeddings, IO("embeddings"), k->tol_emb);
+        t_compare("last_hidden_state", out.last_hidden, IO("last_hidden_state"), k->tol_last);
+        t_compare("cls", out.cls, IO(k->kind == RB_DINO_V2 ? "pooler_output" : "cls"), k->tol_cls);
         int64_t D = m.cfg.hidden;
         float cs = cosine(out.cls->data, (float *)out.cls->data + D, D);
         float want = *(const float *)IO("cosine_similarity_0_1")->data;

@@ -7,7 +7,6 @@
  * mpirun runs on loopback only (shared memory between local ranks); skipped when it is not on PATH. */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
-#include <libgen.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -279,22 +278,11 @@ static void t_eval_rank_fails(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(build, sizeof build, "%s/..", dirname(self));
+    t_beside_self(argv[0], "..", build, sizeof build);
     /* mpirun refuses root without these (containers, CI) */
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    const char *path = getenv("PATH");
-    for (const char *d = path; d && *d;) {
-        const char *e = strchr(d, ':');
-        size_t n = e ? (size_t)(e - d) : strlen(d);
-        snprintf(mpirun, sizeof mpirun, "%.*s/mpirun", (int)n, d);
-        if (access(mpirun, X_OK) == 0)
-            break;
-        mpirun[0] = 0;
-        d = e ? e + 1 : d + n;
-    }
+    t_find_on_path("mpirun", mpirun, sizeof mpirun);
     if (t_golden_path("clip_metrics")) {
         snprintf(clip, sizeof clip, "%s", t_golden_path("clip_metrics"));
         snprintf(dino, sizeof dino, "%s", t_golden_path("dino/vit"));

@@ -6,11 +6,11 @@
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
 #include <jansson.h>
-#include <libgen.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "golden_models.h"
 #include "pipelines/eval.h"
 
 static char bin[4096], root[4096], pipe_dir[4096], adapter[4096], encoder[4096], clip[4096], dino[4096], tok[4096];
@@ -56,29 +56,6 @@ static int count_of(const char *s, const char *what) {
     for (const char *p = s; p && (p = strstr(p, what)); p += strlen(what))
         n++;
     return n;
-}
-
-/* A folder of real symlinks to the golden SDXL pipeline's components (link stubs resolved). */
-static const char *pipeline_dir(const char *golden_pipeline) {
-    static const char *parts[] = {"model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
-                                  "tokenizer_2", "unet", "vae"};
-    snprintf(pipe_dir, sizeof pipe_dir, "%s/pipeline_sdxl", t_tmpdir());
-    mkdir(pipe_dir, 0755);
-    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-        char src[4096], rel[8192], dst[8192];
-        snprintf(rel, sizeof rel, "%s/%s", golden_pipeline, parts[i]);
-        t_resolve(rel, src, sizeof src);
-        if (src[0] != '/') {
-            char cwd[2048];
-            if (getcwd(cwd, sizeof cwd))
-                snprintf(rel, sizeof rel, "%s/%s", cwd, src), snprintf(src, sizeof src, "%.4095s", rel);
-        }
-        snprintf(dst, sizeof dst, "%s/%s", pipe_dir, parts[i]);
-        unlink(dst);
-        if (symlink(src, dst) != 0)
-            return NULL;
-    }
-    return pipe_dir;
 }
 
 /* The benchmark: refs/{cat,dog,dog2}.png and our JSON manifest with a two-subject and a one-subject case. */
@@ -430,11 +407,9 @@ static void t_bad_input(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(bin, sizeof bin, "%s/../relbooth", dirname(self));
+    t_beside_self(argv[0], "../relbooth", bin, sizeof bin);
     const char *g = t_golden_path("pipeline_sdxl");
-    if (g && pipeline_dir(g)) {
+    if (g && t_pipeline_dir(g, "pipeline_sdxl", pipe_dir, sizeof pipe_dir)) {
         snprintf(adapter, sizeof adapter, "%s", t_golden_path("ms_diffusion/ms_adapter.safetensors"));
         snprintf(encoder, sizeof encoder, "%s", t_golden_path("clip_vision"));
         snprintf(clip, sizeof clip, "%s", t_golden_path("clip_metrics"));

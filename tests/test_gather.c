@@ -1,19 +1,11 @@
 /* Indexing ops: embedding and gather against naive loops, dtypes of tables and indices, gradients
  * (repeated indices add up), and untrusted indices refused with a message naming them. */
-#include "gradcheck.h"
-
-#include "core/arena.h"
+#include "util.h"
 
 static rb_arena arena;
 static rb_ctx cx;
 
-static rb_ctx *ctx(void) {
-    if (!arena.base && rb_arena_init(&arena, 16 << 20, "test arena") != RB_OK)
-        return NULL;
-    rb_arena_reset(&arena, 0);
-    rb_ctx_init(&cx, &arena);
-    return &cx;
-}
+static rb_ctx *ctx(void) { return t_fresh_ctx(&arena, &cx, 16 << 20); }
 
 static float *F(const rb_tensor *t) { return t->data; }
 

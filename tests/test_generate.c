@@ -7,33 +7,15 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "golden_models.h"
 #include "io/safetensors.h"
 #include "pipelines/generate.h"
 #include "sgm_text.h"
 
-/* The golden pipeline folders link their components (as link stubs in some checkouts): make a folder
- * of real symlinks to the resolved components so that the library sees an ordinary diffusers folder. */
+/* a folder of real symlinks to `golden_pipeline`'s components, named after it (golden_models.h) */
 static const char *pipeline_dir(const char *golden_pipeline) {
     static char dir[4096];
-    static const char *parts[] = {"model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
-                                  "tokenizer_2", "unet", "vae"};
-    snprintf(dir, sizeof dir, "%s/%s", t_tmpdir(), strrchr(golden_pipeline, '/') + 1);
-    mkdir(dir, 0755);
-    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-        char src[4096], rel[8192], dst[8192];
-        snprintf(rel, sizeof rel, "%s/%s", golden_pipeline, parts[i]);
-        t_resolve(rel, src, sizeof src);
-        if (src[0] != '/') {
-            char cwd[2048];
-            if (getcwd(cwd, sizeof cwd))
-                snprintf(rel, sizeof rel, "%s/%s", cwd, src), snprintf(src, sizeof src, "%.4095s", rel);
-        }
-        snprintf(dst, sizeof dst, "%s/%s", dir, parts[i]);
-        unlink(dst);
-        if (symlink(src, dst) != 0)
-            return NULL;
-    }
-    return dir;
+    return t_pipeline_dir(golden_pipeline, strrchr(golden_pipeline, '/') + 1, dir, sizeof dir);
 }
 
 typedef struct {
@@ -441,10 +423,7 @@ static void t_cli_generate(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    snprintf(relbooth_bin, sizeof relbooth_bin, "%s", argv[0]);
-    char *slash = strrchr(relbooth_bin, '/');
-    snprintf(slash ? slash + 1 : relbooth_bin, sizeof relbooth_bin - (size_t)(slash ? slash + 1 - relbooth_bin : 0),
-             "../relbooth");
+    t_beside_self(argv[0], "../relbooth", relbooth_bin, sizeof relbooth_bin);
     RUN(t_cli_generate);
     RUN(t_bad_params);
     RUN(t_pipeline_sdxl);

@@ -1,7 +1,6 @@
 /* `relbooth info` end to end: runs the built binary (build/relbooth, found next to this test's
  * folder) on golden files and on bad files, checking exit codes, text and --json output. */
 #include <jansson.h>
-#include <libgen.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -170,9 +169,7 @@ static void t_usage(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(bin, sizeof bin, "%s/../relbooth", dirname(self));
+    t_beside_self(argv[0], "../relbooth", bin, sizeof bin);
     if (access(bin, X_OK) != 0) {
         printf("FAIL t_binary (%s not found)\n", bin);
         return 1;

@@ -1,9 +1,8 @@
 /* rb_linear / rb_matmul: forward against naive double-precision loops (f32 and bf16 compute, f32/bf16/f16
  * weights, batched and broadcast products, transposes, odd sizes), finite-difference gradients, errors
  * for bad shapes, the weight cache, and no allocation after warm-up. */
-#include "gradcheck.h"
+#include "util.h"
 
-#include "core/mem.h"
 #include "ops/dnnl.h"
 #include "ops/linear.h"
 
@@ -288,40 +287,25 @@ static void t_weight_cache(void) {
 
 /* After one warm-up call, repeated calls of the same shapes allocate nothing (the arena is reset
  * between iterations; rb_alloc counters stay put), forward and backward, f32 and bf16. */
+typedef struct {
+    rb_tensor *x, *w, *w2, *b;
+} linear_pair;
+static rb_tensor *linear_pair_step(rb_ctx *c, void *user) {
+    linear_pair *p = user;
+    rb_tensor *h = rb_linear(c, p->x, p->w, p->b);
+    rb_tensor *y = rb_matmul(c, h, p->w2, 0);
+    p->x->grad = p->w2->grad = NULL;
+    return y;
+}
+
 static void t_no_alloc_after_warmup(void) {
-    rb_arena act, grads;
-    rb_tape tape;
-    rb_ctx c;
-    REQUIRE(rb_arena_init(&act, 32 << 20, "act") == RB_OK && rb_arena_init(&grads, 8 << 20, "grads") == RB_OK, "arenas");
-    REQUIRE(rb_tape_init(&tape, 64, &grads) == RB_OK, "tape");
-    rb_ctx_init(&c, &act);
-    c.tape = &tape;
     rb_tensor x = mk(RB_F32, 3, (int64_t[]){2, 40, 96}, 1), w = mk(RB_BF16, 2, (int64_t[]){80, 96}, 2),
               w2 = mk(RB_F32, 2, (int64_t[]){80, 96}, 3), b = mk(RB_F32, 1, (int64_t[]){80}, 4);
     x.requires_grad = 1;
     w2.requires_grad = 1;
-    size_t in_use = 0, peak = 0;
-    for (int it = 0; it < 4; it++) {
-        c.matmul_dtype = it % 2 ? RB_BF16 : RB_F32;
-        if (it == 2) {
-            in_use = rb_mem_in_use();
-            peak = rb_mem_peak();
-        }
-        rb_tensor *h = rb_linear(&c, &x, &w, &b);
-        rb_tensor *y = rb_matmul(&c, h, &w2, 0);
-        REQUIRE(y, "%s", rb_last_error());
-        x.grad = w2.grad = NULL;
-        REQUIRE(rb_backward_with(&c, y, y) == RB_OK, "%s", rb_last_error());
-        rb_tape_reset(&tape);
-        rb_arena_reset(&act, 0);
-        rb_arena_reset(&grads, 0);
-    }
-    CHECK(rb_mem_in_use() == in_use && rb_mem_peak() == peak, "allocations after warm-up: in use %zu -> %zu, peak %zu -> %zu",
-          in_use, rb_mem_in_use(), peak, rb_mem_peak());
+    linear_pair p = {&x, &w, &w2, &b};
+    t_check_no_alloc_after_warmup(linear_pair_step, &p);
     rb_tensor_free(&x), rb_tensor_free(&w), rb_tensor_free(&w2), rb_tensor_free(&b);
-    rb_tape_free(&tape);
-    rb_arena_free(&act);
-    rb_arena_free(&grads);
 }
 
 int main(void) {

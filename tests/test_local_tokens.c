@@ -6,6 +6,7 @@
  * each tensor (case.md tables). */
 #include "gradcheck.h"
 #include "harness.h"
+#include "golden_models.h"
 #include "models/local_tokens.h"
 
 #include <limits.h>
@@ -14,16 +15,6 @@
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "models/image_processor.h"
-
-static void compare(const char *what, const rb_tensor *got, const rb_tensor *want, float atol) {
-    REQUIRE(got && want, "%s: missing (%s)", what, rb_last_error());
-    REQUIRE(rb_numel(got) == rb_numel(want) && rb_is_contiguous(got), "%s: %lld vs %lld elements", what,
-            (long long)rb_numel(got), (long long)rb_numel(want));
-    double md;
-    int ok = t_allclose(got->data, want->data, (size_t)rb_numel(want), atol, 0, &md);
-    CHECK(ok, "%s: max |diff| %g > %g", what, md, atol);
-    fprintf(stderr, "  %-40s max |diff| %.3g (atol %.3g)\n", what, md, atol);
-}
 
 /* [n, g, g, D] channels-last -> [n, D, g, g] as the golden stores dense_features */
 static rb_tensor *to_nchw(rb_ctx *c, rb_tensor *x) { return rb_permute(c, x, (int[]){0, 3, 1, 2}); }
@@ -147,33 +138,33 @@ static void golden_one(const char *cfg, const char *ckpt, const rb_safetensors *
     rb_ctx c;
     rb_ctx_init(&c, &arena);
     /* main run: 224 -> grid 16 (checkpoint grid 4) */
-    compare("interpolated_positional_embedding", rb_local_position_embedding(&c, &e, 16, 16),
-            rb_st_get(io, "interpolated_positional_embedding"), 7.25e-7f);
+    t_compare("interpolated_positional_embedding", rb_local_position_embedding(&c, &e, 16, 16),
+              rb_st_get(io, "interpolated_positional_embedding"), 7.25e-7f);
     rb_tensor px = *rb_st_get(io, "pixel_values"), *ln = NULL;
     rb_tensor *dense = rb_local_dense(&c, &e, &px, &ln);
-    compare("dense_ln_post_output", ln, rb_st_get(io, "dense_ln_post_output"), 3.6e-5f);
-    compare("dense_features", rb_contiguous(&c, to_nchw(&c, dense)), rb_st_get(io, "dense_features"), 6.0e-6f);
+    t_compare("dense_ln_post_output", ln, rb_st_get(io, "dense_ln_post_output"), 3.6e-5f);
+    t_compare("dense_features", rb_contiguous(&c, to_nchw(&c, dense)), rb_st_get(io, "dense_features"), 6.0e-6f);
     rb_tensor *corr = rb_local_pool(&c, dense, 4, 0), *off = rb_local_pool(&c, dense, 4, 1);
-    compare("local_tokens_corrected", corr, rb_st_get(io, "local_tokens_corrected"), 1.27e-6f);
-    compare("local_tokens_official", off, rb_st_get(io, "local_tokens_official"), 1.27e-6f);
-    compare("rb_local_tokens (corrected)", rb_local_tokens(&c, &e, &px, 4, 0), rb_st_get(io, "local_tokens_corrected"),
-            1.27e-6f);
+    t_compare("local_tokens_corrected", corr, rb_st_get(io, "local_tokens_corrected"), 1.27e-6f);
+    t_compare("local_tokens_official", off, rb_st_get(io, "local_tokens_official"), 1.27e-6f);
+    t_compare("rb_local_tokens (corrected)", rb_local_tokens(&c, &e, &px, 4, 0), rb_st_get(io, "local_tokens_corrected"),
+              1.27e-6f);
     rb_tensor glob = *rb_st_get(io, "global_tokens");
-    compare("resampler_input_corrected", rb_local_concat(&c, &glob, corr), rb_st_get(io, "resampler_input_corrected"),
-            3.87e-5f);
-    compare("resampler_input_official", rb_local_concat(&c, &glob, off), rb_st_get(io, "resampler_input_official"),
-            3.87e-5f);
+    t_compare("resampler_input_corrected", rb_local_concat(&c, &glob, corr), rb_st_get(io, "resampler_input_corrected"),
+              3.87e-5f);
+    t_compare("resampler_input_official", rb_local_concat(&c, &glob, off), rb_st_get(io, "resampler_input_official"),
+              3.87e-5f);
     /* extra run: 182 -> grid 13, boxes of 3.25 cells (fractional roi_align sampling) */
-    compare("extra.interpolated_positional_embedding", rb_local_position_embedding(&c, &e, 13, 13),
-            rb_st_get(io, "extra.interpolated_positional_embedding"), 3.52e-6f);
+    t_compare("extra.interpolated_positional_embedding", rb_local_position_embedding(&c, &e, 13, 13),
+              rb_st_get(io, "extra.interpolated_positional_embedding"), 3.52e-6f);
     px = *rb_st_get(io, "pixel_values_extra");
     dense = rb_local_dense(&c, &e, &px, NULL);
-    compare("extra.dense_features", rb_contiguous(&c, to_nchw(&c, dense)), rb_st_get(io, "extra.dense_features"),
-            5.07e-6f);
-    compare("extra.local_tokens_corrected", rb_local_pool(&c, dense, 4, 0),
-            rb_st_get(io, "extra.local_tokens_corrected"), 1.32e-6f);
-    compare("extra.local_tokens_official", rb_local_pool(&c, dense, 4, 1), rb_st_get(io, "extra.local_tokens_official"),
-            1.32e-6f);
+    t_compare("extra.dense_features", rb_contiguous(&c, to_nchw(&c, dense)), rb_st_get(io, "extra.dense_features"),
+              5.07e-6f);
+    t_compare("extra.local_tokens_corrected", rb_local_pool(&c, dense, 4, 0),
+              rb_st_get(io, "extra.local_tokens_corrected"), 1.32e-6f);
+    t_compare("extra.local_tokens_official", rb_local_pool(&c, dense, 4, 1), rb_st_get(io, "extra.local_tokens_official"),
+              1.32e-6f);
     CHECK(c.status == RB_OK, "%s", rb_last_error());
     rb_arena_free(&arena);
     rb_local_encoder_free(&e);
@@ -261,10 +252,10 @@ static void t_golden_pipeline_with_local(void) {
     rb_tensor *dense = rb_local_dense(&c, &e, &pix, NULL);
     CHECK(dense && dense->shape[1] == 64 && dense->shape[2] == 64, "64 x 64 grid at 896");
     /* local rows: 10x the fp32-vs-fp64 spread of local_tokens (same pooling, same magnitudes) */
-    compare("with_local.resampler_input", rb_local_concat(&c, &glob, rb_local_pool(&c, dense, 4, 0)),
-            rb_st_get(&io, "with_local.resampler_input"), 1.27e-6f);
-    compare("with_local_official_pooling.resampler_input", rb_local_concat(&c, &glob, rb_local_pool(&c, dense, 4, 1)),
-            rb_st_get(&io, "with_local_official_pooling.resampler_input"), 1.27e-6f);
+    t_compare("with_local.resampler_input", rb_local_concat(&c, &glob, rb_local_pool(&c, dense, 4, 0)),
+              rb_st_get(&io, "with_local.resampler_input"), 1.27e-6f);
+    t_compare("with_local_official_pooling.resampler_input", rb_local_concat(&c, &glob, rb_local_pool(&c, dense, 4, 1)),
+              rb_st_get(&io, "with_local_official_pooling.resampler_input"), 1.27e-6f);
     rb_arena_free(&arena);
     rb_st_close(&io);
     rb_local_encoder_free(&e);

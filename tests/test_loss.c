@@ -1,6 +1,6 @@
 /* l2_normalize, cosine_similarity, mse, cross_entropy: PyTorch values (including the eps regimes),
  * naive double references, finite-difference gradients, argument errors. */
-#include "gradcheck.h"
+#include "util.h"
 
 static rb_arena g_arena;
 
@@ -16,30 +16,8 @@ static rb_tensor *seq(int nd, const int64_t *shape, int k, float mul) {
         ((float *)t->data)[i] = ((float)((i * k) % 101) / 50.0f - 1.0f) * mul;
     return t;
 }
-static rb_tensor *rnd(int nd, const int64_t *shape, unsigned seed) {
-    rb_tensor *t = rb_arena_tensor(&g_arena, RB_F32, nd, shape);
-    t_fill(t->data, (size_t)rb_numel(t), seed);
-    return t;
-}
+static rb_tensor *rnd(int nd, const int64_t *shape, unsigned seed) { return t_rand_tensor(&g_arena, nd, shape, seed); }
 static float at(const rb_tensor *t, int64_t i) { return ((const float *)t->data)[i]; }
-static int close_to(float got, double want, double tol) { return fabs(got - want) <= tol * (1 + fabs(want)); }
-
-typedef struct {
-    rb_arena grads;
-    rb_tape tape;
-} tape_env;
-static int tape_on(tape_env *e, rb_ctx *c) {
-    if (rb_arena_init(&e->grads, 16 << 20, "grads") != RB_OK || rb_tape_init(&e->tape, 16, &e->grads) != RB_OK)
-        return 0;
-    c->tape = &e->tape;
-    return 1;
-}
-static void tape_off(tape_env *e, rb_ctx *c) {
-    c->tape = NULL;
-    rb_tape_free(&e->tape);
-    rb_arena_free(&e->grads);
-}
-
 static rb_tensor *l2n_fn(rb_ctx *c, rb_tensor **in, void *user) { return rb_l2_normalize(c, in[0], 1e-12f); }
 static rb_tensor *cos_fn(rb_ctx *c, rb_tensor **in, void *user) { return rb_cosine_similarity(c, in[0], in[1], 1e-8f); }
 static rb_tensor *mse_fn(rb_ctx *c, rb_tensor **in, void *user) { return rb_mse(c, in[0], in[1]); }
@@ -51,8 +29,8 @@ static rb_tensor *ce_fn(rb_ctx *c, rb_tensor **in, void *user) { return rb_cross
 static void t_l2_normalize(void) {
     rb_ctx c;
     rb_ctx_init(&c, &g_arena);
-    tape_env te;
-    REQUIRE(tape_on(&te, &c), "tape");
+    t_tape_env te;
+    REQUIRE(t_tape_on(&te, &c), "tape");
     size_t mark = rb_arena_mark(&g_arena);
     rb_tensor *x = from(1, (int64_t[]){3}, (float[]){3, -4, 12}), *r = from(1, (int64_t[]){3}, (float[]){1, 2, 3});
     rb_tensor *x2 = from(1, (int64_t[]){2}, (float[]){1e-3f, -2e-3f}), *r2 = from(1, (int64_t[]){2}, (float[]){1, 2});
@@ -65,13 +43,13 @@ static void t_l2_normalize(void) {
     REQUIRE(y2 && rb_backward_with(&c, y2, r2) == RB_OK, "l2_normalize: %s", rb_last_error());
     const double ty[3] = {0.230769232, -0.307692319, 0.923076928}, tdx[3] = {0.0345926248, 0.210286766, 0.0614474118};
     for (int i = 0; i < 3; i++)
-        CHECK(close_to(at(y, i), ty[i], 1e-6) && close_to(at(x->grad, i), tdx[i], 1e-5), "y/dx[%d] %.9g %.9g", i,
+        CHECK(t_close_to(at(y, i), ty[i], 1e-6) && t_close_to(at(x->grad, i), tdx[i], 1e-5), "y/dx[%d] %.9g %.9g", i,
               at(y, i), at(x->grad, i));
-    CHECK(close_to(at(y2, 0), 0.100000009, 1e-6) && close_to(at(y2, 1), -0.200000018, 1e-6), "eps: y %.9g %.9g",
+    CHECK(t_close_to(at(y2, 0), 0.100000009, 1e-6) && t_close_to(at(y2, 1), -0.200000018, 1e-6), "eps: y %.9g %.9g",
           at(y2, 0), at(y2, 1));
-    CHECK(close_to(at(x2->grad, 0), 100, 1e-6) && close_to(at(x2->grad, 1), 200, 1e-6), "eps: dx = dy / eps: %g %g",
+    CHECK(t_close_to(at(x2->grad, 0), 100, 1e-6) && t_close_to(at(x2->grad, 1), 200, 1e-6), "eps: dx = dy / eps: %g %g",
           at(x2->grad, 0), at(x2->grad, 1));
-    tape_off(&te, &c);
+    t_tape_off(&te, &c);
     /* naive double on [4, 3, 17], then gradcheck */
     rb_tensor *z = rnd(3, (int64_t[]){4, 3, 17}, 1);
     rb_tensor *o = rb_l2_normalize(&c, z, 1e-12f);
@@ -98,8 +76,8 @@ static void t_l2_normalize(void) {
 static void t_cosine(void) {
     rb_ctx c;
     rb_ctx_init(&c, &g_arena);
-    tape_env te;
-    REQUIRE(tape_on(&te, &c), "tape");
+    t_tape_env te;
+    REQUIRE(t_tape_on(&te, &c), "tape");
     size_t mark = rb_arena_mark(&g_arena);
     rb_tensor *a = from(1, (int64_t[]){3}, (float[]){1, 2, 3}), *b = from(1, (int64_t[]){3}, (float[]){4, -5, 6});
     rb_tensor *a2 = from(1, (int64_t[]){2}, (float[]){1e-3f, 2e-3f}), *b2 = from(1, (int64_t[]){2}, (float[]){1, 3});
@@ -109,17 +87,17 @@ static void t_cosine(void) {
     rb_tape_reset(&te.tape);
     rb_tensor *y2 = rb_cosine_similarity(&c, a2, b2, 1e-2f);
     REQUIRE(y2 && rb_backward(&c, y2) == RB_OK, "cosine: %s", rb_last_error());
-    CHECK(close_to(at(y, 0), 0.36548689, 1e-6), "cos %.9g", at(y, 0));
+    CHECK(t_close_to(at(y, 0), 0.36548689, 1e-6), "cos %.9g", at(y, 0));
     const double tda[3] = {0.0957227722, -0.204498634, 0.104424842}, tdb[3] = {0.011470912, 0.0846474022, 0.0628922284};
     for (int i = 0; i < 3; i++)
-        CHECK(close_to(at(a->grad, i), tda[i], 1e-5) && close_to(at(b->grad, i), tdb[i], 1e-5), "da/db[%d] %.9g %.9g",
-              i, at(a->grad, i), at(b->grad, i));
-    CHECK(close_to(at(y2, 0), 0.221359447, 1e-6), "clamped cos %.9g", at(y2, 0));
-    CHECK(close_to(at(a2->grad, 0), 29.4091835, 1e-5) && close_to(at(a2->grad, 1), 90.4411392, 1e-5),
+        CHECK(t_close_to(at(a->grad, i), tda[i], 1e-5) && t_close_to(at(b->grad, i), tdb[i], 1e-5),
+              "da/db[%d] %.9g %.9g", i, at(a->grad, i), at(b->grad, i));
+    CHECK(t_close_to(at(y2, 0), 0.221359447, 1e-6), "clamped cos %.9g", at(y2, 0));
+    CHECK(t_close_to(at(a2->grad, 0), 29.4091835, 1e-5) && t_close_to(at(a2->grad, 1), 90.4411392, 1e-5),
           "clamped da %.9g %.9g", at(a2->grad, 0), at(a2->grad, 1));
-    CHECK(close_to(at(b2->grad, 0), 0.00948683545, 1e-5) && close_to(at(b2->grad, 1), -0.00316227227, 1e-5),
+    CHECK(t_close_to(at(b2->grad, 0), 0.00948683545, 1e-5) && t_close_to(at(b2->grad, 1), -0.00316227227, 1e-5),
           "clamped db %.9g %.9g", at(b2->grad, 0), at(b2->grad, 1));
-    tape_off(&te, &c);
+    t_tape_off(&te, &c);
     /* [2, 3, 9] -> [2, 3] against double; an all-zero row gives 0 (eps keeps it finite) */
     rb_tensor *p = rnd(3, (int64_t[]){2, 3, 9}, 2), *q = rnd(3, (int64_t[]){2, 3, 9}, 3);
     memset((float *)p->data + 9, 0, 9 * sizeof(float));
@@ -149,18 +127,18 @@ static void t_cosine(void) {
 static void t_mse(void) {
     rb_ctx c;
     rb_ctx_init(&c, &g_arena);
-    tape_env te;
-    REQUIRE(tape_on(&te, &c), "tape");
+    t_tape_env te;
+    REQUIRE(t_tape_on(&te, &c), "tape");
     size_t mark = rb_arena_mark(&g_arena);
     rb_tensor *a = seq(1, (int64_t[]){6}, 37, 1), *b = seq(1, (int64_t[]){6}, 13, 1);
     a->requires_grad = b->requires_grad = 1;
     rb_tensor *y = rb_mse(&c, a, b);
     REQUIRE(y && y->ndim == 0 && rb_backward(&c, y) == RB_OK, "mse: %s", rb_last_error());
-    CHECK(close_to(at(y, 0), 0.273800015, 1e-6), "mse %.9g", at(y, 0));
+    CHECK(t_close_to(at(y, 0), 0.273800015, 1e-6), "mse %.9g", at(y, 0));
     const double tda[6] = {0, 0.160000011, 0.320000023, -0.193333328, -0.0333333239, 0.126666665};
     for (int i = 0; i < 6; i++)
-        CHECK(close_to(at(a->grad, i), tda[i], 1e-6) && close_to(at(b->grad, i), -tda[i], 1e-6), "da/db[%d]", i);
-    tape_off(&te, &c);
+        CHECK(t_close_to(at(a->grad, i), tda[i], 1e-6) && t_close_to(at(b->grad, i), -tda[i], 1e-6), "da/db[%d]", i);
+    t_tape_off(&te, &c);
     rb_tensor *p = rnd(3, (int64_t[]){4, 50, 101}, 6), *q = rnd(3, (int64_t[]){4, 50, 101}, 7);
     rb_tensor *o = rb_mse(&c, p, q);
     REQUIRE(o, "mse");
@@ -184,8 +162,8 @@ static void t_cross_entropy(void) {
     const double tdl[12] = {-0.329889983, 0.031704247,   0.291911483, 0.00627422845, 0.0272612926, 0.251003742,
                             0.00539497379, -0.283660024, 0.272410005, -0.32747826,  0.0539095923, 0.00115871115};
     for (int dt = 0; dt < 2; dt++) { /* i64 and i32 targets */
-        tape_env te;
-        REQUIRE(tape_on(&te, &c), "tape");
+        t_tape_env te;
+        REQUIRE(t_tape_on(&te, &c), "tape");
         rb_tensor *l = seq(2, (int64_t[]){3, 4}, 37, 3);
         rb_tensor *t = rb_arena_tensor(&g_arena, dt ? RB_I32 : RB_I64, 1, (int64_t[]){3});
         const int tv[3] = {0, 3, 1};
@@ -198,10 +176,10 @@ static void t_cross_entropy(void) {
         l->requires_grad = 1;
         rb_tensor *y = rb_cross_entropy(&c, l, t);
         REQUIRE(y && y->ndim == 0 && rb_backward(&c, y) == RB_OK, "cross_entropy: %s", rb_last_error());
-        CHECK(close_to(at(y, 0), 3.50606728, 1e-6), "loss %.9g", at(y, 0));
+        CHECK(t_close_to(at(y, 0), 3.50606728, 1e-6), "loss %.9g", at(y, 0));
         for (int i = 0; i < 12; i++)
-            CHECK(close_to(at(l->grad, i), tdl[i], 1e-6), "dl[%d] = %.9g, torch %.9g", i, at(l->grad, i), tdl[i]);
-        tape_off(&te, &c);
+            CHECK(t_close_to(at(l->grad, i), tdl[i], 1e-6), "dl[%d] = %.9g, torch %.9g", i, at(l->grad, i), tdl[i]);
+        t_tape_off(&te, &c);
     }
     /* huge logits: no overflow; loss = logsumexp - picked */
     rb_tensor *l = from(2, (int64_t[]){2, 3}, (float[]){1000, 0, -1000, 1000, 0, -1000});

@@ -1,6 +1,6 @@
 /* Group norm, layer norm, softmax: PyTorch values, naive double references (including an
  * SDXL-sized group with a large mean), finite-difference gradients, argument errors. */
-#include "gradcheck.h"
+#include "util.h"
 
 static rb_arena g_arena;
 
@@ -17,29 +17,7 @@ static rb_tensor *vec(int64_t n, float a, float b) { /* a + b i */
         ((float *)t->data)[i] = a + b * (float)i;
     return t;
 }
-static rb_tensor *rnd(int nd, const int64_t *shape, unsigned seed) {
-    rb_tensor *t = rb_arena_tensor(&g_arena, RB_F32, nd, shape);
-    t_fill(t->data, (size_t)rb_numel(t), seed);
-    return t;
-}
-
-typedef struct {
-    rb_arena grads;
-    rb_tape tape;
-} tape_env;
-static int tape_on(tape_env *e, rb_ctx *c) {
-    if (rb_arena_init(&e->grads, 16 << 20, "grads") != RB_OK || rb_tape_init(&e->tape, 16, &e->grads) != RB_OK)
-        return 0;
-    c->tape = &e->tape;
-    return 1;
-}
-static void tape_off(tape_env *e, rb_ctx *c) {
-    c->tape = NULL;
-    rb_tape_free(&e->tape);
-    rb_arena_free(&e->grads);
-}
-
-static int close_to(float got, double want, double tol) { return fabs(got - want) <= tol * (1 + fabs(want)); }
+static rb_tensor *rnd(int nd, const int64_t *shape, unsigned seed) { return t_rand_tensor(&g_arena, nd, shape, seed); }
 
 /* torch 1.13:
  *   def f(n, k): return torch.tensor([(i*k) % 101 for i in range(n)], dtype=torch.float32) / 50 - 1
@@ -48,8 +26,8 @@ static int close_to(float got, double want, double tol) { return fabs(got - want
 static void t_group_norm_torch(void) {
     rb_ctx c;
     rb_ctx_init(&c, &g_arena);
-    tape_env te;
-    REQUIRE(tape_on(&te, &c), "tape");
+    t_tape_env te;
+    REQUIRE(t_tape_on(&te, &c), "tape");
     size_t mark = rb_arena_mark(&g_arena);
     rb_tensor *x = seq(4, (int64_t[]){2, 4, 3, 2}, 37), *w = vec(4, 0.5f, 0.25f), *b = vec(4, -0.2f, 0.1f);
     rb_tensor *r = seq(4, (int64_t[]){2, 4, 3, 2}, 13);
@@ -62,15 +40,16 @@ static void t_group_norm_torch(void) {
     const double tdw[4] = {1.71848142, -0.520846784, 0.900341213, 0.338056892};
     const double tdb[4] = {-3.12000012, -0.560000062, -0.0200000405, 2.53999996};
     for (int i = 0; i < 4; i++)
-        CHECK(close_to(((float *)y->data)[yi[i]], ty[i], 1e-6), "y[%d] = %.9g, torch %.9g", yi[i],
+        CHECK(t_close_to(((float *)y->data)[yi[i]], ty[i], 1e-6), "y[%d] = %.9g, torch %.9g", yi[i],
               ((float *)y->data)[yi[i]], ty[i]);
-    CHECK(close_to(((float *)x->grad->data)[0], tdx[0], 1e-5) && close_to(((float *)x->grad->data)[30], tdx[1], 1e-5),
+    CHECK(t_close_to(((float *)x->grad->data)[0], tdx[0], 1e-5) &&
+              t_close_to(((float *)x->grad->data)[30], tdx[1], 1e-5),
           "dx %.9g %.9g", ((float *)x->grad->data)[0], ((float *)x->grad->data)[30]);
     for (int i = 0; i < 4; i++) {
-        CHECK(close_to(((float *)w->grad->data)[i], tdw[i], 1e-5), "dw[%d] = %.9g", i, ((float *)w->grad->data)[i]);
-        CHECK(close_to(((float *)b->grad->data)[i], tdb[i], 1e-5), "db[%d] = %.9g", i, ((float *)b->grad->data)[i]);
+        CHECK(t_close_to(((float *)w->grad->data)[i], tdw[i], 1e-5), "dw[%d] = %.9g", i, ((float *)w->grad->data)[i]);
+        CHECK(t_close_to(((float *)b->grad->data)[i], tdb[i], 1e-5), "db[%d] = %.9g", i, ((float *)b->grad->data)[i]);
     }
-    tape_off(&te, &c);
+    t_tape_off(&te, &c);
     rb_arena_reset(&g_arena, mark);
 }
 
@@ -161,8 +140,8 @@ static void t_group_norm_shapes_and_grad(void) {
 static void t_layer_norm(void) {
     rb_ctx c;
     rb_ctx_init(&c, &g_arena);
-    tape_env te;
-    REQUIRE(tape_on(&te, &c), "tape");
+    t_tape_env te;
+    REQUIRE(t_tape_on(&te, &c), "tape");
     size_t mark = rb_arena_mark(&g_arena);
     rb_tensor *x = seq(2, (int64_t[]){3, 5}, 37), *w = vec(5, 0.5f, 0.25f), *b = vec(5, -0.2f, 0.1f);
     rb_tensor *r = seq(2, (int64_t[]){3, 5}, 13);
@@ -170,13 +149,14 @@ static void t_layer_norm(void) {
     rb_tensor *y = rb_layer_norm(&c, x, w, b, 1e-5f);
     REQUIRE(y && rb_backward_with(&c, y, r) == RB_OK, "layer_norm: %s", rb_last_error());
     const float *yd = y->data, *gx = x->grad->data, *gw = w->grad->data, *gb = b->grad->data;
-    CHECK(close_to(yd[0], -0.834136069, 1e-6) && close_to(yd[14], -1.19802785, 1e-6), "y %.9g %.9g", yd[0], yd[14]);
-    CHECK(close_to(gx[0], -0.232229292, 1e-5) && close_to(gx[14], 1.10055792, 1e-5), "dx %.9g %.9g", gx[0], gx[14]);
+    CHECK(t_close_to(yd[0], -0.834136069, 1e-6) && t_close_to(yd[14], -1.19802785, 1e-6), "y %.9g %.9g", yd[0], yd[14]);
+    CHECK(t_close_to(gx[0], -0.232229292, 1e-5) && t_close_to(gx[14], 1.10055792, 1e-5), "dx %.9g %.9g", gx[0], gx[14]);
     const double tdw[5] = {1.15642989, -0.605853498, -0.731974244, -0.544803917, 0.0761529878};
     const double tdb[5] = {-1.12000012, -0.340000093, 0.440000057, -0.800000072, -0.0200000405};
     for (int i = 0; i < 5; i++)
-        CHECK(close_to(gw[i], tdw[i], 1e-5) && close_to(gb[i], tdb[i], 1e-5), "dw/db[%d] %.9g %.9g", i, gw[i], gb[i]);
-    tape_off(&te, &c);
+        CHECK(t_close_to(gw[i], tdw[i], 1e-5) && t_close_to(gb[i], tdb[i], 1e-5), "dw/db[%d] %.9g %.9g", i, gw[i],
+              gb[i]);
+    t_tape_off(&te, &c);
     /* naive double reference on [4, 3, 70] (a large mean offset too), parallel path */
     rb_tensor *z = rnd(3, (int64_t[]){4, 3, 70}, 9), *zw = rnd(1, (int64_t[]){70}, 10), *zb = rnd(1, (int64_t[]){70}, 11);
     for (int64_t i = 0; i < rb_numel(z); i++)

@@ -2,7 +2,6 @@
  * Expected predicates are written out by hand from the documented rules; the CLI cases run the built
  * binary (argv[0]'s folder/../relbooth). */
 #include <jansson.h>
-#include <libgen.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -342,11 +341,8 @@ static void t_cli(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", argv[0]);
-    const char *dir = dirname(tmp);
-    snprintf(g_bin, sizeof g_bin, "%s/../relbooth", dir);
-    snprintf(g_docs, sizeof g_docs, "%s/../../docs/predicate.md", dir);
+    t_beside_self(argv[0], "../relbooth", g_bin, sizeof g_bin);
+    t_beside_self(argv[0], "../../docs/predicate.md", g_docs, sizeof g_docs);
     RUN(t_table9);
     RUN(t_table9_spaced_slots);
     RUN(t_rules);

@@ -1,20 +1,12 @@
 /* Resampling ops: bicubic against numbers from PyTorch and a double-precision reference, nearest 2x
  * and window mean pooling against naive loops, gradients by finite differences, bad arguments. */
-#include "gradcheck.h"
-
-#include "core/arena.h"
+#include "util.h"
 
 static rb_arena arena;
 static rb_ctx cx;
 
 /* A fresh context over an emptied arena. */
-static rb_ctx *ctx(void) {
-    if (!arena.base && rb_arena_init(&arena, 64 << 20, "test arena") != RB_OK)
-        return NULL;
-    rb_arena_reset(&arena, 0);
-    rb_ctx_init(&cx, &arena);
-    return &cx;
-}
+static rb_ctx *ctx(void) { return t_fresh_ctx(&arena, &cx, 64 << 20); }
 
 /* ---- double-precision reference for bicubic (written from the formula, not from the kernel) ---- */
 

@@ -1,8 +1,7 @@
 /* Shape ops: concat, split, slice, permute, reshape, contiguous against naive index loops,
  * gradients by finite differences (compositions included), views, and bad arguments. */
-#include "gradcheck.h"
+#include "util.h"
 
-#include "core/arena.h"
 #include "ops/shape.h"
 
 static rb_arena arena, grads;
@@ -10,13 +9,7 @@ static rb_ctx cx;
 static rb_tape tape;
 
 /* A fresh context over an emptied arena (no tape). */
-static rb_ctx *ctx(void) {
-    if (!arena.base && rb_arena_init(&arena, 64 << 20, "test arena") != RB_OK)
-        return NULL;
-    rb_arena_reset(&arena, 0);
-    rb_ctx_init(&cx, &arena);
-    return &cx;
-}
+static rb_ctx *ctx(void) { return t_fresh_ctx(&arena, &cx, 64 << 20); }
 
 /* The same with a fresh tape. */
 static rb_ctx *ctx_tape(void) {

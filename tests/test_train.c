@@ -6,34 +6,12 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "golden_models.h"
 #include "text/phrase_span.h"
 #include "io/image.h"
 #include "io/safetensors.h"
 #include "pipelines/train.h"
 #include "text/clip_tokenizer.h"
-
-static const char *pipeline_dir(const char *golden_pipeline) {
-    static char dir[4096];
-    static const char *parts[] = {"model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
-                                  "tokenizer_2", "unet", "vae"};
-    snprintf(dir, sizeof dir, "%s/%s", t_tmpdir(), "pipe");
-    mkdir(dir, 0755);
-    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-        char src[4096], rel[8192], dst[8400];
-        snprintf(rel, sizeof rel, "%.4000s/%s", golden_pipeline, parts[i]);
-        t_resolve(rel, src, sizeof src);
-        if (src[0] != '/') {
-            char cwd[2048];
-            if (getcwd(cwd, sizeof cwd))
-                snprintf(rel, sizeof rel, "%s/%s", cwd, src), snprintf(src, sizeof src, "%.4095s", rel);
-        }
-        snprintf(dst, sizeof dst, "%s/%s", dir, parts[i]);
-        unlink(dst);
-        if (symlink(src, dst) != 0)
-            return NULL;
-    }
-    return dir;
-}
 
 static char model[4096], adapter[4096], encoder[4096], data[4096], relbooth_bin[4096];
 
@@ -43,7 +21,8 @@ static int setup(void) {
         return 0;
     char tmp[8192];
     snprintf(tmp, sizeof tmp, "%s", g);
-    const char *m = pipeline_dir(tmp);
+    static char pipe_folder[4096];
+    const char *m = t_pipeline_dir(tmp, "pipe", pipe_folder, sizeof pipe_folder);
     if (!m) {
         CHECK(0, "pipeline folder");
         return 0;
@@ -165,15 +144,8 @@ static void t_resume_bit_exact(void) {
 static void t_mpi_matches_single(void) {
     if (!setup())
         return;
-    char mpirun[4096] = "", bin[4096];
-    const char *path = getenv("PATH");
-    for (const char *d = path; d && *d && !mpirun[0];) {
-        size_t n = strcspn(d, ":");
-        snprintf(mpirun, sizeof mpirun, "%.*s/mpirun", (int)n, d);
-        if (access(mpirun, X_OK) != 0)
-            mpirun[0] = 0;
-        d += n + (d[n] == ':');
-    }
+    char mpirun[4096], bin[4096];
+    t_find_on_path("mpirun", mpirun, sizeof mpirun);
     if (!mpirun[0]) {
         t_skip("mpirun not on PATH (apt-get install openmpi-bin)");
         return;
@@ -249,10 +221,7 @@ static void t_mpi_matches_single(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    snprintf(relbooth_bin, sizeof relbooth_bin, "%s", argv[0]); /* build/tests/test_train -> build/relbooth */
-    char *slash = strrchr(relbooth_bin, '/');
-    snprintf(slash ? slash + 1 : relbooth_bin, sizeof relbooth_bin - (size_t)(slash ? slash + 1 - relbooth_bin : 0),
-             "../relbooth");
+    t_beside_self(argv[0], "../relbooth", relbooth_bin, sizeof relbooth_bin); /* build/tests/test_train -> build/relbooth */
     RUN(t_span);
     RUN(t_resume_bit_exact);
     RUN(t_mpi_matches_single);
