@@ -608,8 +608,9 @@ rb_tensor *rb_attention(rb_ctx *c, rb_tensor *q, rb_tensor *k, rb_tensor *v, int
     rb_tensor *lse = rec ? rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){s.B, s.H, s.Lq}) : NULL;
     if (!out || (rec && !lse))
         return NULL;
-    /* bf16 tiles for inference only: the f32 backward must see the P it recomputes */
-    s.bf16 = c->matmul_dtype == RB_BF16 && !rec;
+    /* bf16 tiles for inference only: the f32 backward must see the P it recomputes (also when this is the
+     * untaped forward of a block that backward recomputes) */
+    s.bf16 = c->matmul_dtype == RB_BF16 && !rec && !c->in_checkpoint;
     size_t mark = rb_arena_mark(c->arena);
     int nt = omp_get_max_threads();
     float *ws = scratch_alloc(c, attention_forward_scratch(&s), nt);

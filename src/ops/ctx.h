@@ -13,6 +13,8 @@ typedef struct rb_ctx {
     struct rb_tape *tape;  /* non-NULL: record ops whose inputs need gradients */
     rb_dtype matmul_dtype; /* RB_F32 or RB_BF16: compute type of linear/matmul/conv (f32 accumulation) */
     rb_status status;      /* first error, sticky until rb_ctx_clear */
+    int in_checkpoint;     /* running a block's forward that backward will recompute with recording on: ops
+                              must compute exactly as the recording pass will (e.g. no bf16-only shortcuts) */
 } rb_ctx;
 
 static inline void rb_ctx_init(rb_ctx *c, rb_arena *arena) {
@@ -20,6 +22,7 @@ static inline void rb_ctx_init(rb_ctx *c, rb_arena *arena) {
     c->tape = 0;
     c->matmul_dtype = RB_F32;
     c->status = RB_OK;
+    c->in_checkpoint = 0;
 }
 static inline void rb_ctx_clear(rb_ctx *c) { c->status = RB_OK; }
 

@@ -175,7 +175,10 @@ static rb_tensor *checkpoint(rb_ctx *c, rb_block_fn fn, void *user, int n_in, rb
     rb_tape *t = c->tape;
     size_t mark = rb_arena_mark(c->arena);
     c->tape = NULL;
+    int was = c->in_checkpoint;
+    c->in_checkpoint = t != NULL; /* recorded: backward recomputes this block, which must give the same values */
     rb_tensor *out = fn(c, user, in, n_in);
+    c->in_checkpoint = was;
     c->tape = t;
     if (!out)
         return c->status != RB_OK ? NULL : rb_ctx_error(c, RB_ERR_INTERNAL, "checkpoint: block returned NULL");
