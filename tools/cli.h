@@ -10,6 +10,7 @@ int cmd_info(int argc, char **argv);  /* tools/cmd_info.c */
 int cmd_predicate(int argc, char **argv); /* tools/cmd_predicate.c */
 int cmd_eval(int argc, char **argv);      /* tools/cmd_eval.c */
 int cmd_train(int argc, char **argv);     /* tools/cmd_train.c */
+int cmd_distill(int argc, char **argv);   /* tools/cmd_distill.c */
 int cmd_bench(int argc, char **argv); /* bench/bench.c */
 
 /* Prints "relbooth <cmd>: <last error>" to stderr and returns RB_EXIT_FAIL. */
