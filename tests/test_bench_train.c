@@ -74,7 +74,7 @@ static void t_json(void) {
     double lb = num(b, "mse") + 0.1 * num(b, "kml");
     CHECK(fabs(num(b, "loss") - lb) < 1e-4 * fabs(lb), "loss --no-cal %g vs %g", num(b, "loss"), lb);
     /* same inputs and weights (no warm-up step, so no AdamW update yet): with f32 matmuls, recomputing the
-     * transformer blocks and the thread count must not change the forward. (In bf16 mode the recomputing
+     * transformer blocks must not change the forward. (In bf16 mode the recomputing
      * forward runs untaped, where the fused attention computes in bf16, so those differ slightly.) */
     REQUIRE(run("--tiny --size 128 --json --warmup 0 --f32 -t 1") == 0, "exit status --f32 (stderr: %s)", err);
     json_t *c = json_loads(out, 0, &je);
