@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_train.h"
 #include "cli.h"
 #include "core/mem.h"
 #include "ops/dnnl.h"
@@ -177,6 +178,8 @@ int cmd_bench(int argc, char **argv) {
         return usage(stderr);
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
         return usage(stdout);
+    if (!strcmp(argv[1], "train"))
+        return bench_train_main(argc, argv);
     if (strcmp(argv[1], "ops") && strcmp(argv[1], "eval")) {
         fprintf(stderr, "relbooth bench: unknown suite '%s' (have: ops, eval)\n", argv[1]);
         return RB_EXIT_USAGE;
