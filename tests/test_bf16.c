@@ -13,7 +13,7 @@
  * latents feed back through the scheduler and whose CFG subtracts two noise predictions, TOL_PIPE =
  * 32u = 6.25e-2 (measured 9.5u). The measured values are printed on stderr and recorded in
  * docs/precision.md. Each test also runs the f32 path and requires it to be 10x closer to the golden
- * than bf16 is (it is ~1e-6, 10^4 x closer), so a bf16 switch * that silently did nothing would fail. */
+ * than bf16 is (it is ~1e-6, 10^4 x closer), so a bf16 switch that silently did nothing would fail. */
 #include <unistd.h>
 
 #include "harness.h"
