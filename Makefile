@@ -39,7 +39,7 @@ TEST_BINS  := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # helpers that tests start (e.g. under mpirun); no test_ prefix, so tests/run.sh does not run them itself
 TEST_HELPERS := $(BUILD)/tests/mpi_worker
 
-.PHONY: all deps test install uninstall clean demo bench fuzz
+.PHONY: all deps test test-golden install uninstall clean demo bench fuzz
 all: $(BUILD)/librelbooth.a $(BUILD)/librelbooth.so $(BUILD)/relbooth
 
 deps:
@@ -65,6 +65,15 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/librelbooth.a
 
 test: all $(TEST_BINS) $(TEST_HELPERS)
 	@tests/run.sh $(BUILD)
+
+# `make test-golden GOLDEN=DIR`: the conformance tests (every tests/test_*.c that reads the golden
+# folder through t_golden_path) against DIR, any folder laid out like ../shared/golden
+# (docs/conformance.md). A missing DIR makes those tests skip. `make test` runs them too, against
+# RELBOOTH_GOLDEN or ../shared/golden.
+GOLDEN       ?= ../shared/golden
+GOLDEN_TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(shell grep -l t_golden_path $(TEST_SRCS)))
+test-golden: all $(GOLDEN_TESTS) $(TEST_HELPERS)
+	@RELBOOTH_GOLDEN=$(abspath $(GOLDEN)) tests/run.sh $(BUILD) $(GOLDEN_TESTS)
 
 bench: all
 	$(BUILD)/relbooth bench ops

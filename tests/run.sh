@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test program in BUILD/tests and prints the totals as "N passed, N failed, N skipped".
+# Runs every test program in BUILD/tests (or only the programs named after BUILD) and prints the
+# totals as "N passed, N failed, N skipped".
 # A program that dies (signal, non-zero exit without a FAIL line) counts as one failure.
 build=${1:-build}
+shift
+progs=("$@")
+[ ${#progs[@]} -gt 0 ] || progs=("$build"/tests/test_*)
 pass=0 fail=0 skip=0
 log=$(mktemp)
-for t in "$build"/tests/test_*; do
+for t in "${progs[@]}"; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
     start=$(date +%s.%N)
