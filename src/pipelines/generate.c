@@ -445,6 +445,10 @@ static rb_status check_params(const rb_gen_params *p) {
         if (b[2] <= b[0] || b[3] <= b[1])
             return rb_error(RB_ERR_INVALID, "subject %d: box (%g, %g, %g, %g) is empty (x1 <= x0 or y1 <= y0)", i + 1,
                             b[0], b[1], b[2], b[3]);
+        rb_image hdr; /* unreadable references fail here, before any model is loaded */
+        rb_status st = rb_image_probe(&hdr, p->subjects[i].image);
+        if (st != RB_OK)
+            return rb_error_prefix(st, "subject %d", i + 1);
     }
     return rb_gen_check_sources(p);
 }
