@@ -437,8 +437,10 @@ static rb_status check_params(const rb_gen_params *p) {
         return rb_error(RB_ERR_INVALID, "generate: subjects need an MS-Diffusion adapter and an image encoder");
     for (int i = 0; i < p->n_subjects; i++) {
         const float *b = p->subjects[i].box;
-        if (!p->subjects[i].image || !p->subjects[i].phrase || !*p->subjects[i].phrase)
-            return rb_error(RB_ERR_INVALID, "subject %d: an image and a phrase are required", i + 1);
+        if (!p->subjects[i].image || !*p->subjects[i].image)
+            return rb_error(RB_ERR_INVALID, "subject %d: no reference image", i + 1);
+        if (!p->subjects[i].phrase || !*p->subjects[i].phrase)
+            return rb_error(RB_ERR_INVALID, "subject %d (%s): the phrase is empty", i + 1, p->subjects[i].image);
         for (int k = 0; k < 4; k++)
             if (!isfinite(b[k]) || b[k] < 0 || b[k] > 1)
                 return rb_error(RB_ERR_INVALID, "subject %d: box coordinates must be in [0, 1]", i + 1);
@@ -539,30 +541,34 @@ static rb_status generate(const rb_gen_params *p, rb_image *images) {
     if (s == RB_OK)
         s = load_scheduler(p, sch);
     if (s == RB_OK)
+        s = rb_gen_unet_config(p, &r.unet_cfg);
+    /* LoRAs and the adapter are checked against a UNet skeleton (names and shapes, no weights) before
+     * anything heavy runs, so that a file for another architecture fails in a moment */
+    rb_unet skel = {0};
+    if (s == RB_OK && (p->n_loras || p->n_subjects))
+        s = rb_unet_init(&skel, &r.unet_cfg);
+    for (int i = 0; s == RB_OK && i < p->n_loras; i++) {
+        rb_lora_options o = rb_lora_defaults();
+        o.scale = p->loras[i].scale;
+        if ((s = rb_lora_load(&loras[i], p->loras[i].path, &o)) == RB_OK && (s = check_lora(p, &loras[i])) == RB_OK)
+            s = rb_unet_attach_lora(&skel, &loras[i]);
+    }
+    if (s == RB_OK && p->n_subjects && /* the adapter is indexed by the UNet's processors */
+        (s = rb_ms_adapter_load(&ad, p->ms_adapter, &skel, p->resampler_dim_head)) == RB_OK)
+        have_ad = 1;
+    rb_unet_free(&skel);
+    if (s == RB_OK)
         s = stage_text(&r);
     rep->text_s = now_s() - t, t = now_s();
-    if (s == RB_OK)
-        s = rb_gen_unet_config(p, &r.unet_cfg);
-    if (s == RB_OK && p->n_subjects) { /* the adapter is indexed by the UNet's processors: a skeleton suffices */
-        rb_unet skel = {0};
-        s = rb_unet_init(&skel, &r.unet_cfg);
-        if (s == RB_OK && (s = rb_ms_adapter_load(&ad, p->ms_adapter, &skel, p->resampler_dim_head)) == RB_OK)
-            have_ad = 1;
-        rb_unet_free(&skel);
-        if (s == RB_OK)
-            s = stage_image(&r, &ad);
+    if (s == RB_OK && p->n_subjects) {
+        s = stage_image(&r, &ad);
         rep->image_s = now_s() - t;
     }
     t = now_s();
     if (s == RB_OK)
         s = rb_gen_load_unet(p, &unet);
-    for (int i = 0; s == RB_OK && i < p->n_loras; i++) {
-        rb_lora_options o = rb_lora_defaults();
-        o.scale = p->loras[i].scale;
-        if ((s = rb_lora_load(&loras[i], p->loras[i].path, &o)) == RB_OK &&
-            (s = check_lora(p, &loras[i])) == RB_OK)
-            s = rb_unet_attach_lora(&unet, &loras[i]);
-    }
+    for (int i = 0; s == RB_OK && i < p->n_loras; i++)
+        s = rb_unet_attach_lora(&unet, &loras[i]);
     rep->unet_s = now_s() - t, t = now_s();
     rb_tensor *lat = NULL;
     if (s == RB_OK) {
@@ -575,7 +581,9 @@ static rb_status generate(const rb_gen_params *p, rb_image *images) {
     else
         rb_rng_torch_cuda(&g, p->seed);
     /* denoise every image, then decode them with the UNet released */
-    rb_tensor **all = rb_arena_alloc(&r.keep, (size_t)p->batch_count * sizeof *all);
+    rb_tensor **all = s == RB_OK ? rb_arena_alloc(&r.keep, (size_t)p->batch_count * sizeof *all) : NULL;
+    if (s == RB_OK && !all)
+        s = RB_ERR_OOM;
     for (int b = 0; s == RB_OK && b < p->batch_count; b++) {
         if ((s = denoise(&r, &unet, have_ad ? &ad : NULL, sch, &g, lat)) == RB_OK && !(all[b] = keep(&r, lat)))
             s = RB_ERR_OOM;
