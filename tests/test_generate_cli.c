@@ -252,12 +252,30 @@ static void t_bad_input(void) {
     REQUIRE(rb_st_write(lpath, 2, fk, ts, 0, NULL, NULL) == RB_OK, "write LoRA: %s", rb_last_error());
     snprintf(args, sizeof args, "--sdxl %s -p x -W 64 -H 64 --steps 1 --lora %s -o %s/bad.png", model, lpath, tmp);
     expect_bad(NULL, args, "single_transformer_blocks.0.attn.to_q", "LoRA of another architecture");
+    snprintf(lpath, sizeof lpath, "%s/flux_kohya.safetensors", tmp);
+    const char *kk[] = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+                        "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight", "double_blocks.0.img_mod.alpha"};
+    REQUIRE(rb_st_write(lpath, 2, kk, ts, 0, NULL, NULL) == RB_OK, "write LoRA: %s", rb_last_error());
+    snprintf(args, sizeof args, "--sdxl %s -p x -W 64 -H 64 --steps 1 --lora %s -o %s/bad.png", model, lpath, tmp);
+    expect_bad(NULL, args, "double_blocks", "kohya LoRA of another architecture");
+    snprintf(lpath, sizeof lpath, "%s/te_only.safetensors", tmp);
+    const char *tk[] = {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight",
+                        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight"};
+    REQUIRE(rb_st_write(lpath, 2, tk, ts, 0, NULL, NULL) == RB_OK, "write LoRA: %s", rb_last_error());
+    snprintf(args, sizeof args, "--sdxl %s -p x -W 64 -H 64 --steps 1 --lora %s -o %s/bad.png", model, lpath, tmp);
+    expect_bad(NULL, args, "only text-encoder modules", "text-encoder-only LoRA");
     snprintf(lpath, sizeof lpath, "%s/sd15_lora.safetensors", tmp);
     const char *uk[] = {"unet.down_blocks.7.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight",
                         "unet.down_blocks.7.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight"};
     REQUIRE(rb_st_write(lpath, 2, uk, ts, 0, NULL, NULL) == RB_OK, "write LoRA: %s", rb_last_error());
     snprintf(args, sizeof args, "--sdxl %s -p x -W 64 -H 64 --steps 1 --lora %s -o %s/bad.png", model, lpath, tmp);
     expect_bad(NULL, args, "down_blocks.7.attentions.0", "LoRA modules this UNet lacks");
+    /* an adapter file that is not MS-Diffusion's: names what is missing */
+    snprintf(args, sizeof args,
+             "--sdxl %s -p x --ms-adapter %s --image-encoder %s --resampler-dim-head 8 -W 64 -H 64 --steps 1 "
+             "--subject %s --phrase cat --box 0,0,0.5,0.5 -o %s/bad.png",
+             model, lpath, enc, img0, tmp);
+    expect_bad(NULL, args, "missing tensor", "adapter of another kind");
     /* not enough memory: the message says how much was asked for and how to allow it */
     snprintf(args, sizeof args, "--sdxl %s -p x -W 64 -H 64 --steps 1 -o %s/bad.png", model, tmp);
     expect_bad("RELBOOTH_MEM_LIMIT=64M", args, "RELBOOTH_MEM_LIMIT", "memory limit");

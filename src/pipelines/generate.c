@@ -478,10 +478,10 @@ static rb_status check_lora(const rb_gen_params *p, const rb_lora_set *set) {
     }
     if (n_unet == 0) {
         if (set->n_unused)
-            return rb_error(RB_ERR_UNSUPPORTED, "%s: no key matches this SDXL UNet (%d unmatched, first '%s'%s%s%s); "
-                            "a LoRA for another architecture?", path, set->n_unused, set->unused[0],
+            return rb_error(RB_ERR_UNSUPPORTED, "%s: no key matches this SDXL UNet (a LoRA for another architecture?); "
+                            "unmatched keys: '%s'%s%s%s (%d in all)", path, set->unused[0],
                             set->n_unused > 1 ? ", '" : "", set->n_unused > 1 ? set->unused[1] : "",
-                            set->n_unused > 1 ? "'" : "");
+                            set->n_unused > 1 ? "'" : "", set->n_unused);
         if (other)
             return rb_error(RB_ERR_UNSUPPORTED, "%s: only text-encoder modules (first %s.%s); generation applies "
                             "UNet LoRAs", path, other->component, other->module);
@@ -550,6 +550,7 @@ static rb_status generate(const rb_gen_params *p, rb_image *images) {
     for (int i = 0; s == RB_OK && i < p->n_loras; i++) {
         rb_lora_options o = rb_lora_defaults();
         o.scale = p->loras[i].scale;
+        o.log_unused = 0; /* check_lora reports them in one line */
         if ((s = rb_lora_load(&loras[i], p->loras[i].path, &o)) == RB_OK && (s = check_lora(p, &loras[i])) == RB_OK)
             s = rb_unet_attach_lora(&skel, &loras[i]);
     }
