@@ -83,7 +83,12 @@ static void on_progress(void *user, const char *stage, int done, int total) {
     double el = now() - ps->stage_start;
     if (!strcmp(stage, "denoise") && done > 0) {
         double eta = el / done * (total - done);
-        fprintf(stderr, "\r%-8s %3d/%-3d  %6.1fs elapsed, ETA %6.1fs   ", stage, done, total, el, eta);
+        char bar[21];
+        int fill = total > 0 ? done * 20 / total : 0;
+        for (int i = 0; i < 20; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[20] = 0;
+        fprintf(stderr, "\r%-8s [%s] %3d/%-3d  %6.1fs elapsed, ETA %6.1fs   ", stage, bar, done, total, el, eta);
     } else {
         fprintf(stderr, "\r%-8s %3d/%-3d  %6.1fs elapsed              ", stage, done, total, now() - ps->start);
     }

@@ -345,6 +345,7 @@ static rb_status denoise_steps(run *r, rb_unet *unet, rb_ms_call *call, rb_sched
     for (int row = 0; row < 2; row++)
         memcpy((float *)ti->data + 6 * row, ids, sizeof ids);
     size_t mark = rb_arena_mark(&r->work);
+    progress(r, "denoise", 0, sch->n_steps);
     for (int i = 0; i < sch->n_steps; i++) {
         if (p->cancel && *p->cancel)
             return rb_error(RB_ERR_CANCELLED, "generation cancelled at step %d of %d", i + 1, sch->n_steps);
