@@ -364,7 +364,7 @@ int cmd_generate(int argc, char **argv) {
     if (config && rb_dr_config_load(config, &dr, &p) != RB_OK)
         return cli_fail("generate");
     if (!p.model || !p.prompt) {
-        fprintf(stderr, "relbooth generate: -m MODEL_DIR and -p PROMPT (or --config) are required\n");
+        fprintf(stderr, "relbooth generate: --sdxl MODEL and -p PROMPT (or --config) are required\n");
         return RB_EXIT_USAGE;
     }
     if (!negative_given && p.n_subjects > 0)
