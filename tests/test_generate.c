@@ -418,7 +418,7 @@ static void t_cli_generate(void) {
     rc = run_cli("generate -p x", err, sizeof err, &lines);
     CHECK(rc == 1, "no model is a usage error (exit %d)", rc);
     rc = run_cli("generate -m m -p x --subject nonsense", err, sizeof err, &lines);
-    CHECK(rc == 1 && strstr(err, "subject"), "malformed --subject: exit %d: %s", rc, err);
+    CHECK(rc == 2 && strstr(err, "subject 1") && strstr(err, "--phrase"), "--subject without phrase and box: exit %d: %s", rc, err);
 }
 
 int main(int argc, char **argv) {

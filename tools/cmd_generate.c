@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -13,11 +14,13 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: relbooth generate -m MODEL_DIR -p PROMPT [options]\n"
-            "       relbooth generate -m MODEL_DIR --config DREAMRELATION.yaml --ms-adapter ms_adapter.bin\n"
+            "usage: relbooth generate --sdxl MODEL -p PROMPT [options]\n"
+            "       relbooth generate --sdxl MODEL --config DREAMRELATION.yaml --ms-adapter ms_adapter.bin\n"
             "                         --image-encoder CLIP_VISION_DIR [options]\n"
+            "       relbooth generate --sdxl MODEL -p PROMPT --ms-adapter A --image-encoder E\n"
+            "                         --subject cat.jpg --phrase cat --box 0,0.2,0.5,0.9 --subject ... [options]\n"
             "\n"
-            "  -m, --model DIR|FILE     SDXL in the diffusers layout (model_index.json, unet/, vae/, ...), or one\n"
+            "  -m, --sdxl, --model DIR|FILE  SDXL in the diffusers layout (model_index.json, unet/, vae/, ...), or one\n"
             "                           original single-file checkpoint (.safetensors) with --tokenizers\n"
             "      --tokenizers DIR     for a single file: a folder with tokenizer/ and tokenizer_2/ (and optionally\n"
             "                           scheduler/); single files hold no tokenizers\n"
@@ -33,23 +36,25 @@ static void usage(FILE *f) {
             "  -s, --seed N             default 42\n"
             "      --rng cuda|cpu       noise as torch's CUDA (default, as the official pipelines) or CPU generator\n"
             "      --sampler NAME       euler (default), euler_a, dpmpp_2m;  --karras for Karras sigmas\n"
-            "  -b, --batch-count N      images, one after another\n"
+            "  -b, --batch-count N      images, one after another (-n is the negative prompt, as in stable-diffusion.cpp)\n"
             "      --lora PATH[:SCALE]  a LoRA (RelationLoRA, any diffusers/PEFT/kohya file); repeatable\n"
             "  subjects (DreamRelation / MS-Diffusion):\n"
-            "      --subject IMAGE:PHRASE:x0,y0,x1,y1   reference photo, its phrase, its box in [0, 1]; repeatable\n"
+            "      --subject IMAGE --phrase TEXT --box x0,y0,x1,y1   a reference photo, its phrase and its box\n"
+            "                           (normalised to [0, 1], x0 < x1, y0 < y1); repeat the three per subject\n"
+            "      --subject IMAGE:PHRASE:x0,y0,x1,y1   the same in one argument\n"
             "      --config FILE.yaml   DreamRelation's inference config (prompt, images_path, boxes, phrases, lora_weights)\n"
             "      --ms-adapter FILE    MS-Diffusion ms_adapter.bin (or .safetensors)\n"
             "      --image-encoder DIR  CLIP-ViT-bigG-14 vision folder (config.json, model.safetensors, preprocessor_config.json)\n"
             "      --local-encoder FILE DreamRelation's CLIPSelf epoch_6.pt: adds 16 local tokens per subject\n"
             "      --official-pooling   pool every subject's local tokens from the first image, as the released code\n"
-            "      --scale GAMMA        image-attention scale, default 0.6\n"
+            "      --image-scale GAMMA  image-attention scale, default 0.6 (also --scale)\n"
             "      --auto-layout        MS-Diffusion's automatic layout: after --auto-layout-start steps (5) each\n"
-            "                           subject's region comes from its phrase's text attention instead of its box\n"
+            "                           subject's region comes from its phrase's text attention instead of its box\n"            "      --auto-layout-start N    the step from which --auto-layout uses the attention maps (5)\n"
             "      --ms-diffusion       MS-Diffusion conventions: references not resized to 512 first\n"
             "      --resampler-dim-head N   head width of the adapter's resampler (64 for the released one)\n"
             "  -t, --threads N          default: all cores\n"
             "      --bf16               bf16 matrix products (f32 accumulation)\n"
-            "      --json               print a JSON summary instead of text\n"
+            "      --json               print a JSON summary (outputs, seed, seconds per stage and per step, peak RSS)\n"
             "  -q, --quiet              no progress\n",
             rb_default_negative_prompt);
 }
@@ -78,12 +83,44 @@ static void on_progress(void *user, const char *stage, int done, int total) {
     double el = now() - ps->stage_start;
     if (!strcmp(stage, "denoise") && done > 0) {
         double eta = el / done * (total - done);
-        fprintf(stderr, "\r%-8s %3d/%-3d  %6.1fs elapsed, ETA %6.1fs   ", stage, done, total, el, eta);
+        char bar[21];
+        int fill = total > 0 ? done * 20 / total : 0;
+        for (int i = 0; i < 20; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[20] = 0;
+        fprintf(stderr, "\r%-8s [%s] %3d/%-3d  %6.1fs elapsed, ETA %6.1fs   ", stage, bar, done, total, el, eta);
     } else {
         fprintf(stderr, "\r%-8s %3d/%-3d  %6.1fs elapsed              ", stage, done, total, now() - ps->start);
     }
     if (done == total && !strcmp(stage, "denoise"))
         fprintf(stderr, "\n");
+}
+
+static void on_warn(void *user, const char *msg) {
+    (void)user;
+    fprintf(stderr, "relbooth generate: warning: %s\n", msg);
+}
+
+static void json_str(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch < 0x20)
+            printf("\\u%04x", ch);
+        else
+            putchar(ch);
+    }
+    putchar('"');
+}
+
+/* Peak resident set size of this process in MiB (Linux reports ru_maxrss in KiB). */
+static double peak_rss_mib(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)ru.ru_maxrss / 1024.0;
 }
 
 static volatile int cancelled;
@@ -92,27 +129,39 @@ static void on_signal(int sig) {
     cancelled = 1;
 }
 
-static int parse_subject(const char *arg, rb_subject *s) {
-    /* IMAGE:PHRASE:x0,y0,x1,y1 (the image path may itself contain ':', so split from the right) */
-    const char *last = strrchr(arg, ':');
-    if (!last)
-        return 0;
-    const char *mid = last - 1;
-    while (mid > arg && *mid != ':')
-        mid--;
-    if (mid <= arg)
-        return 0;
+static int parse_box(const char *arg, float box[4]) {
+    char tail;
+    return sscanf(arg, "%f,%f,%f,%f%c", &box[0], &box[1], &box[2], &box[3], &tail) == 4;
+}
+
+/* Per subject given on the command line: which of --phrase / --box have come (the compact form sets both). */
+typedef struct subject_flags {
+    int phrase, box;
+} subject_flags;
+
+/* IMAGE:PHRASE:x0,y0,x1,y1 (the image path may itself contain ':', so split from the right), or just
+ * IMAGE, then followed by --phrase and --box. */
+static int parse_subject(const char *arg, rb_subject *s, subject_flags *f) {
     static char store[RB_MAX_SUBJECTS][2][4096];
     static int used;
     if (used >= RB_MAX_SUBJECTS)
         return 0;
-    snprintf(store[used][0], sizeof store[used][0], "%.*s", (int)(mid - arg), arg);
-    snprintf(store[used][1], sizeof store[used][1], "%.*s", (int)(last - mid - 1), mid + 1);
-    char tail;
-    if (sscanf(last + 1, "%f,%f,%f,%f%c", &s->box[0], &s->box[1], &s->box[2], &s->box[3], &tail) != 4)
-        return 0;
+    const char *last = strrchr(arg, ':');
+    const char *mid = last ? last - 1 : NULL;
+    while (mid && mid > arg && *mid != ':')
+        mid--;
+    if (last && mid > arg && parse_box(last + 1, s->box)) {
+        snprintf(store[used][0], sizeof store[used][0], "%.*s", (int)(mid - arg), arg);
+        snprintf(store[used][1], sizeof store[used][1], "%.*s", (int)(last - mid - 1), mid + 1);
+        s->phrase = store[used][1];
+        f->phrase = f->box = 1;
+    } else {
+        if (!*arg)
+            return 0;
+        snprintf(store[used][0], sizeof store[used][0], "%s", arg);
+        f->phrase = f->box = 0;
+    }
     s->image = store[used][0];
-    s->phrase = store[used][1];
     used++;
     return 1;
 }
@@ -175,6 +224,7 @@ int cmd_generate(int argc, char **argv) {
     int negative_given = 0, json = 0, quiet = 0, threads = 0;
     uint64_t seed = p.seed;
     static rb_dr_config dr;
+    subject_flags sf[RB_MAX_SUBJECTS] = {{0}};
 #define NEED_ARG()                                                             \
     do {                                                                       \
         if (i + 1 >= argc) {                                                   \
@@ -209,7 +259,7 @@ int cmd_generate(int argc, char **argv) {
         } else {
             NEED_ARG();
             const char *v = argv[++i];
-            if (!strcmp(a, "-m") || !strcmp(a, "--model"))
+            if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--sdxl"))
                 p.model = v;
             else if (!strcmp(a, "-p") || !strcmp(a, "--prompt"))
                 p.prompt = v;
@@ -229,7 +279,7 @@ int cmd_generate(int argc, char **argv) {
             } else if (!strcmp(a, "--cfg-scale")) {
                 if (!parse_float(v, &p.guidance))
                     BAD("guidance");
-            } else if (!strcmp(a, "--scale")) {
+            } else if (!strcmp(a, "--scale") || !strcmp(a, "--image-scale")) {
                 if (!parse_float(v, &p.ip_scale))
                     BAD("scale");
             } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
@@ -265,9 +315,23 @@ int cmd_generate(int argc, char **argv) {
                     BAD("LoRA (at most 8)");
                 p.n_loras++;
             } else if (!strcmp(a, "--subject")) {
-                if (p.n_subjects >= RB_MAX_SUBJECTS || !parse_subject(v, &p.subjects[p.n_subjects]))
-                    BAD("subject (IMAGE:PHRASE:x0,y0,x1,y1, at most 8)");
+                if (p.n_subjects >= RB_MAX_SUBJECTS || !parse_subject(v, &p.subjects[p.n_subjects], &sf[p.n_subjects]))
+                    BAD("subject (IMAGE, or IMAGE:PHRASE:x0,y0,x1,y1; at most 8)");
                 p.n_subjects++;
+            } else if (!strcmp(a, "--phrase") || !strcmp(a, "--box")) {
+                int k = p.n_subjects - 1, is_box = a[2] == 'b';
+                if (k < 0 || (is_box ? sf[k].box : sf[k].phrase)) {
+                    fprintf(stderr, "relbooth generate: %s '%s' must follow its own --subject IMAGE\n", a, v);
+                    return RB_EXIT_FAIL;
+                }
+                if (is_box) {
+                    if (!parse_box(v, p.subjects[k].box))
+                        BAD("box (x0,y0,x1,y1 in [0, 1])");
+                    sf[k].box = 1;
+                } else {
+                    p.subjects[k].phrase = v;
+                    sf[k].phrase = 1;
+                }
             } else if (!strcmp(a, "--config"))
                 config = v;
             else if (!strcmp(a, "--tokenizers"))
@@ -287,10 +351,20 @@ int cmd_generate(int argc, char **argv) {
             }
         }
     }
+    for (int k = 0; k < p.n_subjects; k++)
+        if (!sf[k].phrase || !sf[k].box) {
+            fprintf(stderr, "relbooth generate: subject %d (%s) has no %s: give --subject, --phrase and --box "
+                    "once per subject\n", k + 1, p.subjects[k].image, sf[k].phrase ? "--box" : "--phrase");
+            return RB_EXIT_FAIL;
+        }
+    if (config && p.n_subjects) {
+        fprintf(stderr, "relbooth generate: --config gives the subjects; do not add --subject\n");
+        return RB_EXIT_USAGE;
+    }
     if (config && rb_dr_config_load(config, &dr, &p) != RB_OK)
         return cli_fail("generate");
     if (!p.model || !p.prompt) {
-        fprintf(stderr, "relbooth generate: -m MODEL_DIR and -p PROMPT (or --config) are required\n");
+        fprintf(stderr, "relbooth generate: --sdxl MODEL and -p PROMPT (or --config) are required\n");
         return RB_EXIT_USAGE;
     }
     if (!negative_given && p.n_subjects > 0)
@@ -300,38 +374,55 @@ int cmd_generate(int argc, char **argv) {
         rb_set_num_threads(threads);
     progress_state ps = {.quiet = quiet || json, .tty = isatty(2), .start = now()};
     p.progress = on_progress;
+    p.warn = on_warn;
     p.user = &ps;
+    rb_gen_report report;
+    p.report = &report;
     p.cancel = &cancelled;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     rb_image *imgs = calloc((size_t)p.batch_count, sizeof *imgs);
     if (!imgs)
         return cli_fail("generate");
-    double t0 = now();
     rb_status s = rb_generate(&p, imgs);
-    double secs = now() - t0;
+    if (ps.tty && !ps.quiet && ps.last && strcmp(ps.last, "denoise"))
+        fprintf(stderr, "\n"); /* end the status line */
     int rc = RB_EXIT_OK;
     if (s != RB_OK)
         rc = cli_fail("generate");
-    static char params[16384];
-    if (json && rc == RB_EXIT_OK)
-        printf("{\"seconds\": %.3f, \"seed\": %llu, \"images\": [", secs, (unsigned long long)seed);
+    static char params[16384], names[1000][4096];
+    rb_gen_params_describe(&p, seed, params, sizeof params);
+    const char *keys[] = {"parameters"}, *vals[] = {params};
+    int written = 0;
     for (int i = 0; rc == RB_EXIT_OK && i < p.batch_count; i++) {
-        char name[4096];
-        output_name(name, sizeof name, output, i, p.batch_count);
-        rb_gen_params_describe(&p, seed, params, sizeof params);
-        const char *keys[] = {"parameters"}, *vals[] = {params};
-        if (rb_png_write(name, &imgs[i], 1, keys, vals) != RB_OK) {
+        output_name(names[i], sizeof names[i], output, i, p.batch_count);
+        if (rb_png_write(names[i], &imgs[i], 1, keys, vals) != RB_OK) {
+            unlink(names[i]);
             rc = cli_fail("generate");
             break;
         }
-        if (json)
-            printf("%s\"%s\"", i ? ", " : "", name);
-        else if (!quiet)
-            printf("%s\n", name);
+        written++;
     }
-    if (json && rc == RB_EXIT_OK)
-        printf("]}\n");
+    if (rc != RB_EXIT_OK) /* no partial results: a failed run leaves no file behind */
+        for (int i = 0; i < written; i++)
+            unlink(names[i]);
+    for (int i = 0; rc == RB_EXIT_OK && !json && !quiet && i < written; i++)
+        printf("%s\n", names[i]);
+    if (json && rc == RB_EXIT_OK) {
+        printf("{\"outputs\": [");
+        for (int i = 0; i < written; i++) {
+            printf(i ? ", " : "");
+            json_str(names[i]);
+        }
+        printf("], \"seed\": %llu, \"width\": %d, \"height\": %d, \"steps\": %d, \"subjects\": %d,\n",
+               (unsigned long long)seed, p.width, p.height, p.steps, p.n_subjects);
+        printf(" \"seconds\": {\"text\": %.3f, \"image\": %.3f, \"unet_load\": %.3f, \"denoise\": %.3f, "
+               "\"per_step\": %.4f, \"decode\": %.3f, \"total\": %.3f},\n",
+               report.text_s, report.image_s, report.unet_s, report.denoise_s, report.step_s, report.decode_s,
+               report.total_s);
+        printf(" \"unet_steps\": %d, \"prompt_tokens\": %d, \"prompt_tokens_dropped\": %d, \"peak_rss_mib\": %.1f}\n",
+               report.steps_run, report.prompt_tokens, report.prompt_dropped, peak_rss_mib());
+    }
     for (int i = 0; i < p.batch_count; i++)
         rb_image_free(&imgs[i]);
     free(imgs);

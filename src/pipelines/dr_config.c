@@ -29,16 +29,33 @@ static yaml_node_t *unbatch(rb_yaml *y, yaml_node_t *n, int leaf_depth) {
     return depth(y, n) > leaf_depth && rb_yaml_len(n) == 1 ? rb_yaml_item(y, n, 0) : n;
 }
 
+/* The official config's fields; anything else is most likely a typo and an error, not ignored. */
+static rb_status check_keys(rb_yaml *y, yaml_node_t *root, const char *path) {
+    static const char *const known[] = {"lora_weights", "class_names", "prompt", "images_path", "boxes", "phrases"};
+    if (!root || root->type != YAML_MAPPING_NODE)
+        return rb_error(RB_ERR_FORMAT, "%s: not a YAML mapping of fields", path);
+    for (yaml_node_pair_t *pr = root->data.mapping.pairs.start; pr < root->data.mapping.pairs.top; pr++) {
+        const char *k = rb_yaml_str(yaml_document_get_node(&y->doc, pr->key));
+        int ok = 0;
+        for (size_t i = 0; k && i < sizeof known / sizeof *known; i++)
+            ok |= !strcmp(k, known[i]);
+        if (!ok)
+            return rb_error(RB_ERR_FORMAT, "%s: unknown field '%s' (DreamRelation's config has lora_weights, "
+                            "class_names, prompt, images_path, boxes, phrases)", path, k ? k : "(not a string)");
+    }
+    return RB_OK;
+}
+
 rb_status rb_dr_config_load(const char *path, rb_dr_config *st, rb_gen_params *p) {
     rb_yaml y;
     RB_TRY(rb_yaml_load(&y, path));
-    rb_status s = RB_OK;
     yaml_node_t *root = rb_yaml_root(&y);
+    rb_status s = check_keys(&y, root, path);
     const char *prompt = rb_yaml_str(rb_yaml_get(&y, root, "prompt"));
     const char *lora = rb_yaml_str(rb_yaml_get(&y, root, "lora_weights"));
     yaml_node_t *imgs = rb_yaml_get(&y, root, "images_path");
     yaml_node_t *boxes = rb_yaml_get(&y, root, "boxes"), *phrases = rb_yaml_get(&y, root, "phrases");
-    if (!prompt || !*prompt)
+    if (s == RB_OK && (!prompt || !*prompt))
         s = rb_error(RB_ERR_FORMAT, "%s: 'prompt' is missing or not a string", path);
     int n = rb_yaml_len(imgs);
     if (s == RB_OK && (n < 0 || n > RB_MAX_SUBJECTS))
@@ -47,7 +64,7 @@ rb_status rb_dr_config_load(const char *path, rb_dr_config *st, rb_gen_params *p
         boxes = unbatch(&y, boxes, 2);
         phrases = unbatch(&y, phrases, 1);
         if (rb_yaml_len(boxes) != n || rb_yaml_len(phrases) != n)
-            s = rb_error(RB_ERR_FORMAT, "%s: %d images but %d boxes and %d phrases", path, n, rb_yaml_len(boxes),
+            s = rb_error(RB_ERR_FORMAT, "%s: %d images but %d boxes and %d phrases (one of each per subject)", path, n, rb_yaml_len(boxes),
                          rb_yaml_len(phrases));
     }
     for (int i = 0; s == RB_OK && i < n; i++) {

@@ -13,7 +13,9 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdarg.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/mem.h"
 #include "core/rng.h"
@@ -66,6 +68,24 @@ static void progress(const run *r, const char *stage, int done, int total) {
         r->p->progress(r->p->user, stage, done, total);
 }
 
+static void warn(const rb_gen_params *p, const char *fmt, ...) RB_PRINTF(2, 3);
+static void warn(const rb_gen_params *p, const char *fmt, ...) {
+    if (!p->warn)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    p->warn(p->user, msg);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static void path_join(char *out, size_t n, const char *dir, const char *name) { snprintf(out, n, "%s/%s", dir, name); }
 
 /* Copies a tensor into the keep arena (it must outlive the stage's work arena). */
@@ -113,6 +133,18 @@ static rb_status stage_text(run *r) {
         (s = rb_gen_load_text_encoders(p, &m.te1, &m.te2)) != RB_OK)
         goto done;
     progress(r, "text", 0, 1);
+    { /* CLIP sees 77 tokens (BOS + 75 + EOS); longer prompts are cut there, as diffusers does */
+        int64_t ids[RB_CLIP_CONTEXT];
+        int n_tok = 0;
+        if ((s = rb_clip_tokenize(m.tok1, p->prompt, ids, NULL, &n_tok)) != RB_OK)
+            goto done;
+        int dropped = n_tok > RB_CLIP_CONTEXT ? n_tok - RB_CLIP_CONTEXT : 0;
+        if (p->report)
+            p->report->prompt_tokens = n_tok, p->report->prompt_dropped = dropped;
+        if (dropped)
+            warn(p, "the prompt is %d tokens, over CLIP's %d: the last %d are dropped (truncated as the reference does)",
+                 n_tok, RB_CLIP_CONTEXT, dropped);
+    }
     rb_ctx c;
     rb_ctx_init(&c, &r->work);
     c.matmul_dtype = p->compute;
@@ -313,6 +345,7 @@ static rb_status denoise_steps(run *r, rb_unet *unet, rb_ms_call *call, rb_sched
     for (int row = 0; row < 2; row++)
         memcpy((float *)ti->data + 6 * row, ids, sizeof ids);
     size_t mark = rb_arena_mark(&r->work);
+    progress(r, "denoise", 0, sch->n_steps);
     for (int i = 0; i < sch->n_steps; i++) {
         if (p->cancel && *p->cancel)
             return rb_error(RB_ERR_CANCELLED, "generation cancelled at step %d of %d", i + 1, sch->n_steps);
@@ -334,6 +367,8 @@ static rb_status denoise_steps(run *r, rb_unet *unet, rb_ms_call *call, rb_sched
             p->on_step(p->user, &st);
         }
         rb_arena_reset(&r->work, mark);
+        if (p->report)
+            p->report->steps_run++;
         progress(r, "denoise", i + 1, sch->n_steps);
     }
     return RB_OK;
@@ -403,14 +438,20 @@ static rb_status check_params(const rb_gen_params *p) {
         return rb_error(RB_ERR_INVALID, "generate: subjects need an MS-Diffusion adapter and an image encoder");
     for (int i = 0; i < p->n_subjects; i++) {
         const float *b = p->subjects[i].box;
-        if (!p->subjects[i].image || !p->subjects[i].phrase || !*p->subjects[i].phrase)
-            return rb_error(RB_ERR_INVALID, "subject %d: an image and a phrase are required", i + 1);
+        if (!p->subjects[i].image || !*p->subjects[i].image)
+            return rb_error(RB_ERR_INVALID, "subject %d: no reference image", i + 1);
+        if (!p->subjects[i].phrase || !*p->subjects[i].phrase)
+            return rb_error(RB_ERR_INVALID, "subject %d (%s): the phrase is empty", i + 1, p->subjects[i].image);
         for (int k = 0; k < 4; k++)
             if (!isfinite(b[k]) || b[k] < 0 || b[k] > 1)
                 return rb_error(RB_ERR_INVALID, "subject %d: box coordinates must be in [0, 1]", i + 1);
         if (b[2] <= b[0] || b[3] <= b[1])
             return rb_error(RB_ERR_INVALID, "subject %d: box (%g, %g, %g, %g) is empty (x1 <= x0 or y1 <= y0)", i + 1,
                             b[0], b[1], b[2], b[3]);
+        rb_image hdr; /* unreadable references fail here, before any model is loaded */
+        rb_status st = rb_image_probe(&hdr, p->subjects[i].image);
+        if (st != RB_OK)
+            return rb_error_prefix(st, "subject %d", i + 1);
     }
     return rb_gen_check_sources(p);
 }
@@ -423,8 +464,67 @@ static rb_status load_scheduler(const rb_gen_params *p, rb_scheduler *sch) {
     return rb_sched_set_timesteps(sch, p->steps);
 }
 
+/* A LoRA made for another architecture matches none of this UNet's projections: it loads (its keys are
+ * only "unused") but would change nothing, so it is an error naming what did not match. Text-encoder
+ * pairs and leftover keys of a LoRA that does fit are warnings: generation applies UNet pairs only. */
+static rb_status check_lora(const rb_gen_params *p, const rb_lora_set *set) {
+    const char *path = set->path ? set->path : "LoRA";
+    int n_unet = 0;
+    const rb_lora_pair *other = NULL;
+    for (int i = 0; i < set->n; i++) {
+        if (!strcmp(set->pairs[i]->component, "unet"))
+            n_unet++;
+        else if (!other)
+            other = set->pairs[i];
+    }
+    if (n_unet == 0) {
+        if (set->n_unused)
+            return rb_error(RB_ERR_UNSUPPORTED, "%s: no key matches this SDXL UNet (a LoRA for another architecture?); "
+                            "unmatched keys: '%s'%s%s%s (%d in all)", path, set->unused[0],
+                            set->n_unused > 1 ? ", '" : "", set->n_unused > 1 ? set->unused[1] : "",
+                            set->n_unused > 1 ? "'" : "", set->n_unused);
+        if (other)
+            return rb_error(RB_ERR_UNSUPPORTED, "%s: only text-encoder modules (first %s.%s); generation applies "
+                            "UNet LoRAs", path, other->component, other->module);
+        return rb_error(RB_ERR_FORMAT, "%s: holds no LoRA pairs", path);
+    }
+    if (other)
+        warn(p, "%s: text-encoder modules are not applied (first %s.%s)", path, other->component, other->module);
+    if (set->n_unused)
+        warn(p, "%s: %d keys match nothing and are ignored (first '%s')", path, set->n_unused, set->unused[0]);
+    return RB_OK;
+}
+
+/* Out-of-memory errors say what was asked for (the failing allocation's message) and how to allow it. */
+static rb_status oom_hint(rb_status s) {
+    if (s != RB_ERR_OOM)
+        return s;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", rb_last_error());
+    size_t lim = rb_get_mem_limit();
+    if (lim)
+        return rb_error(RB_ERR_OOM, "%s; raise RELBOOTH_MEM_LIMIT (now %.2f GiB) or use smaller -W/-H", msg,
+                        (double)lim / (double)(1 << 30));
+    return rb_error(RB_ERR_OOM, "%s; not enough memory on this machine (RELBOOTH_MEM_LIMIT caps it; "
+                    "1024x1024 SDXL needs ~12 GiB in f32)", msg);
+}
+
+static rb_status generate(const rb_gen_params *p, rb_image *images);
+
 rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
+    if (p->report)
+        memset(p->report, 0, sizeof *p->report);
+    double t0 = now_s();
+    rb_status s = oom_hint(generate(p, images));
+    if (p->report)
+        p->report->total_s = now_s() - t0;
+    return s;
+}
+
+static rb_status generate(const rb_gen_params *p, rb_image *images) {
     RB_TRY(check_params(p));
+    rb_gen_report dummy = {0}, *rep = p->report ? p->report : &dummy;
+    double t = now_s();
     for (int i = 0; i < p->batch_count; i++)
         memset(&images[i], 0, sizeof images[i]);
     run r = {.p = p};
@@ -442,26 +542,36 @@ rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
     if (s == RB_OK)
         s = load_scheduler(p, sch);
     if (s == RB_OK)
-        s = stage_text(&r);
-    if (s == RB_OK)
         s = rb_gen_unet_config(p, &r.unet_cfg);
-    if (s == RB_OK && p->n_subjects) { /* the adapter is indexed by the UNet's processors: a skeleton suffices */
-        rb_unet skel = {0};
+    /* LoRAs and the adapter are checked against a UNet skeleton (names and shapes, no weights) before
+     * anything heavy runs, so that a file for another architecture fails in a moment */
+    rb_unet skel = {0};
+    if (s == RB_OK && (p->n_loras || p->n_subjects))
         s = rb_unet_init(&skel, &r.unet_cfg);
-        if (s == RB_OK && (s = rb_ms_adapter_load(&ad, p->ms_adapter, &skel, p->resampler_dim_head)) == RB_OK)
-            have_ad = 1;
-        rb_unet_free(&skel);
-        if (s == RB_OK)
-            s = stage_image(&r, &ad);
-    }
-    if (s == RB_OK)
-        s = rb_gen_load_unet(p, &unet);
     for (int i = 0; s == RB_OK && i < p->n_loras; i++) {
         rb_lora_options o = rb_lora_defaults();
         o.scale = p->loras[i].scale;
-        if ((s = rb_lora_load(&loras[i], p->loras[i].path, &o)) == RB_OK)
-            s = rb_unet_attach_lora(&unet, &loras[i]);
+        o.log_unused = 0; /* check_lora reports them in one line */
+        if ((s = rb_lora_load(&loras[i], p->loras[i].path, &o)) == RB_OK && (s = check_lora(p, &loras[i])) == RB_OK)
+            s = rb_unet_attach_lora(&skel, &loras[i]);
     }
+    if (s == RB_OK && p->n_subjects && /* the adapter is indexed by the UNet's processors */
+        (s = rb_ms_adapter_load(&ad, p->ms_adapter, &skel, p->resampler_dim_head)) == RB_OK)
+        have_ad = 1;
+    rb_unet_free(&skel);
+    if (s == RB_OK)
+        s = stage_text(&r);
+    rep->text_s = now_s() - t, t = now_s();
+    if (s == RB_OK && p->n_subjects) {
+        s = stage_image(&r, &ad);
+        rep->image_s = now_s() - t;
+    }
+    t = now_s();
+    if (s == RB_OK)
+        s = rb_gen_load_unet(p, &unet);
+    for (int i = 0; s == RB_OK && i < p->n_loras; i++)
+        s = rb_unet_attach_lora(&unet, &loras[i]);
+    rep->unet_s = now_s() - t, t = now_s();
     rb_tensor *lat = NULL;
     if (s == RB_OK) {
         lat = rb_arena_tensor(&r.keep, RB_F32, 4, (int64_t[]){1, r.unet_cfg.in_channels, p->height / 8, p->width / 8});
@@ -473,13 +583,18 @@ rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
     else
         rb_rng_torch_cuda(&g, p->seed);
     /* denoise every image, then decode them with the UNet released */
-    rb_tensor **all = rb_arena_alloc(&r.keep, (size_t)p->batch_count * sizeof *all);
+    rb_tensor **all = s == RB_OK ? rb_arena_alloc(&r.keep, (size_t)p->batch_count * sizeof *all) : NULL;
+    if (s == RB_OK && !all)
+        s = RB_ERR_OOM;
     for (int b = 0; s == RB_OK && b < p->batch_count; b++) {
         if ((s = denoise(&r, &unet, have_ad ? &ad : NULL, sch, &g, lat)) == RB_OK && !(all[b] = keep(&r, lat)))
             s = RB_ERR_OOM;
         rb_arena_reset(&r.work, 0);
     }
+    rep->denoise_s = now_s() - t;
+    rep->step_s = rep->steps_run ? rep->denoise_s / rep->steps_run : 0;
     rb_unet_free(&unet);
+    t = now_s();
     if (have_ad)
         rb_ms_adapter_free(&ad);
     if (s == RB_OK)
@@ -489,6 +604,7 @@ rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
         s = decode(&r, &vae, all[b], &images[b]);
     }
     rb_vae_free(&vae);
+    rep->decode_s = now_s() - t;
     for (int i = 0; loras && i < p->n_loras; i++)
         rb_lora_free(&loras[i]);
     rb_free(loras);

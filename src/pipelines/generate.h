@@ -38,6 +38,21 @@ typedef struct rb_gen_step {
     const rb_tensor *latents;        /* [B, 4, h, w] after the scheduler step */
 } rb_gen_step;
 
+/* What a run measured (filled when rb_gen_params.report is set): wall seconds per stage, each including
+ * the loading of its models, and the prompt's token count before CLIP's 77-token truncation. */
+typedef struct rb_gen_report {
+    double text_s;    /* tokenizers + text encoders + prompt / negative prompt / phrase embeddings */
+    double image_s;   /* adapter + image encoder (+ local encoder) + resampler; 0 without subjects */
+    double unet_s;    /* UNet load + LoRA attach */
+    double denoise_s; /* every denoising step of every image */
+    double step_s;    /* mean seconds per UNet step (one CFG call of two rows + the scheduler step) */
+    double decode_s;  /* VAE load + decode of every image */
+    double total_s;
+    int steps_run;
+    int prompt_tokens;  /* the prompt's CLIP-L tokens with BOS/EOS, before truncation */
+    int prompt_dropped; /* tokens cut off by the 77-token limit (0 if it fits) */
+} rb_gen_report;
+
 typedef struct rb_gen_params {
     const char *model; /* diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/),
                         * or a single SDXL checkpoint file (SGM layout; see pipelines/gen_load.h) */
@@ -82,6 +97,8 @@ typedef struct rb_gen_params {
     void (*progress)(void *user, const char *stage, int done, int total);
     void *user;
     volatile int *cancel; /* set to non-zero to stop at the next step (RB_ERR_CANCELLED) */
+    void (*warn)(void *user, const char *msg); /* one-line warnings (long prompt, LoRA keys ignored); NULL: none */
+    rb_gen_report *report;                     /* NULL, or filled with timings and token counts */
 } rb_gen_params;
 
 /* The official DreamRelation defaults: 1024x1024, 30 Euler steps, guidance 5.0, gamma 0.6, seed 42,
