@@ -85,6 +85,57 @@ typedef struct text_models {
     rb_clip_text te1, te2;
 } text_models;
 
+/* The models of one run. rb_generate releases each part when its stage is done; with p->models (the
+ * C API's keep_models, src/pipelines/api.c) the parts stay loaded in that cache for the next call. */
+struct rb_gen_models {
+    int have_text, have_ad, have_unet, have_vae;
+    text_models text;
+    rb_ms_adapter ad;
+    rb_unet unet;
+    rb_lora_set loras[RB_MAX_LORAS];
+    int n_loras;
+    rb_vae vae;
+};
+
+static void release_text(rb_gen_models *M) {
+    rb_clip_text_free(&M->text.te1);
+    rb_clip_text_free(&M->text.te2);
+    rb_clip_tokenizer_free(M->text.tok1);
+    rb_clip_tokenizer_free(M->text.tok2);
+    memset(&M->text, 0, sizeof M->text);
+    M->have_text = 0;
+}
+
+static void release_unet(rb_gen_models *M) {
+    rb_unet_free(&M->unet);
+    for (int i = 0; i < M->n_loras; i++)
+        rb_lora_free(&M->loras[i]);
+    M->n_loras = 0;
+    M->have_unet = 0;
+    if (M->have_ad)
+        rb_ms_adapter_free(&M->ad);
+    M->have_ad = 0;
+}
+
+static void release_vae(rb_gen_models *M) {
+    rb_vae_free(&M->vae);
+    M->have_vae = 0;
+}
+
+rb_status rb_gen_models_new(rb_gen_models **out) {
+    *out = rb_calloc(sizeof **out, "kept models");
+    return *out ? RB_OK : RB_ERR_OOM;
+}
+
+void rb_gen_models_free(rb_gen_models *M) {
+    if (!M)
+        return;
+    release_text(M);
+    release_unet(M);
+    release_vae(M);
+    rb_free(M);
+}
+
 static rb_tensor *ids_tensor(rb_ctx *c, const rb_clip_tokenizer *tok, const char *text) {
     rb_tensor *ids = rb_ctx_tensor(c, RB_I64, 2, (int64_t[]){1, RB_CLIP_CONTEXT});
     if (ids && rb_clip_tokenize(tok, text, ids->data, NULL, NULL) != RB_OK)
@@ -105,13 +156,15 @@ static rb_status encode_prompt(rb_ctx *c, const text_models *m, const char *text
     return c->status;
 }
 
-static rb_status stage_text(run *r) {
+static rb_status stage_text(run *r, rb_gen_models *M) {
     const rb_gen_params *p = r->p;
-    text_models m = {0};
-    rb_status s;
-    if ((s = rb_gen_load_tokenizers(p, &m.tok1, &m.tok2)) != RB_OK ||
-        (s = rb_gen_load_text_encoders(p, &m.te1, &m.te2)) != RB_OK)
-        goto done;
+    text_models m = M->text;
+    rb_status s = RB_OK;
+    if (!M->have_text) {
+        if ((s = rb_gen_load_tokenizers(p, &m.tok1, &m.tok2)) != RB_OK ||
+            (s = rb_gen_load_text_encoders(p, &m.te1, &m.te2)) != RB_OK)
+            goto done;
+    }
     progress(r, "text", 0, 1);
     rb_ctx c;
     rb_ctx_init(&c, &r->work);
@@ -157,10 +210,10 @@ static rb_status stage_text(run *r) {
         s = RB_ERR_OOM;
     progress(r, "text", 1, 1);
 done:
-    rb_clip_text_free(&m.te1);
-    rb_clip_text_free(&m.te2);
-    rb_clip_tokenizer_free(m.tok1);
-    rb_clip_tokenizer_free(m.tok2);
+    M->text = m;
+    M->have_text = s == RB_OK || M->have_text; /* a failed load leaves nothing half-kept */
+    if (!M->have_text || !p->models)
+        release_text(M);
     rb_arena_reset(&r->work, 0);
     return s;
 }
@@ -423,18 +476,51 @@ static rb_status load_scheduler(const rb_gen_params *p, rb_scheduler *sch) {
     return rb_sched_set_timesteps(sch, p->steps);
 }
 
+/* The adapter is indexed by the UNet's processors: a skeleton suffices to load it. */
+static rb_status load_adapter(const rb_gen_params *p, run *r, rb_gen_models *M) {
+    if (M->have_ad)
+        return RB_OK;
+    rb_unet skel = {0};
+    rb_status s = rb_unet_init(&skel, &r->unet_cfg);
+    if (s == RB_OK && (s = rb_ms_adapter_load(&M->ad, p->ms_adapter, &skel, p->resampler_dim_head)) == RB_OK)
+        M->have_ad = 1;
+    rb_unet_free(&skel);
+    return s;
+}
+
+static rb_status load_unet(const rb_gen_params *p, rb_gen_models *M) {
+    if (M->have_unet)
+        return RB_OK;
+    rb_status s = rb_gen_load_unet(p, &M->unet);
+    for (int i = 0; s == RB_OK && i < p->n_loras; i++) {
+        rb_lora_options o = rb_lora_defaults();
+        o.scale = p->loras[i].scale;
+        if ((s = rb_lora_load(&M->loras[i], p->loras[i].path, &o)) == RB_OK) {
+            M->n_loras = i + 1;
+            s = rb_unet_attach_lora(&M->unet, &M->loras[i]);
+        }
+    }
+    if (s != RB_OK) { /* nothing half-loaded stays */
+        rb_unet_free(&M->unet);
+        for (int i = 0; i < M->n_loras; i++)
+            rb_lora_free(&M->loras[i]);
+        M->n_loras = 0;
+        return s;
+    }
+    M->have_unet = 1;
+    return RB_OK;
+}
+
 rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
     RB_TRY(check_params(p));
     for (int i = 0; i < p->batch_count; i++)
         memset(&images[i], 0, sizeof images[i]);
     run r = {.p = p};
     rb_scheduler *sch = rb_calloc(sizeof *sch, "scheduler");
-    rb_lora_set *loras = rb_calloc((size_t)(p->n_loras + 1) * sizeof *loras, "LoRA sets");
-    rb_unet unet = {0};
-    rb_vae vae = {0};
-    rb_ms_adapter ad = {0};
-    int have_ad = 0;
-    rb_status s = !sch || !loras ? RB_ERR_OOM : RB_OK;
+    rb_gen_models *M = p->models;
+    if (!M && rb_gen_models_new(&M) != RB_OK)
+        M = NULL;
+    rb_status s = !sch || !M ? RB_ERR_OOM : RB_OK;
     if (s == RB_OK)
         s = rb_arena_init(&r.keep, (size_t)64 << 20, "generate: kept tensors");
     if (s == RB_OK)
@@ -442,26 +528,13 @@ rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
     if (s == RB_OK)
         s = load_scheduler(p, sch);
     if (s == RB_OK)
-        s = stage_text(&r);
+        s = stage_text(&r, M);
     if (s == RB_OK)
         s = rb_gen_unet_config(p, &r.unet_cfg);
-    if (s == RB_OK && p->n_subjects) { /* the adapter is indexed by the UNet's processors: a skeleton suffices */
-        rb_unet skel = {0};
-        s = rb_unet_init(&skel, &r.unet_cfg);
-        if (s == RB_OK && (s = rb_ms_adapter_load(&ad, p->ms_adapter, &skel, p->resampler_dim_head)) == RB_OK)
-            have_ad = 1;
-        rb_unet_free(&skel);
-        if (s == RB_OK)
-            s = stage_image(&r, &ad);
-    }
+    if (s == RB_OK && p->n_subjects && (s = load_adapter(p, &r, M)) == RB_OK)
+        s = stage_image(&r, &M->ad);
     if (s == RB_OK)
-        s = rb_gen_load_unet(p, &unet);
-    for (int i = 0; s == RB_OK && i < p->n_loras; i++) {
-        rb_lora_options o = rb_lora_defaults();
-        o.scale = p->loras[i].scale;
-        if ((s = rb_lora_load(&loras[i], p->loras[i].path, &o)) == RB_OK)
-            s = rb_unet_attach_lora(&unet, &loras[i]);
-    }
+        s = load_unet(p, M);
     rb_tensor *lat = NULL;
     if (s == RB_OK) {
         lat = rb_arena_tensor(&r.keep, RB_F32, 4, (int64_t[]){1, r.unet_cfg.in_channels, p->height / 8, p->width / 8});
@@ -475,23 +548,20 @@ rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
     /* denoise every image, then decode them with the UNet released */
     rb_tensor **all = rb_arena_alloc(&r.keep, (size_t)p->batch_count * sizeof *all);
     for (int b = 0; s == RB_OK && b < p->batch_count; b++) {
-        if ((s = denoise(&r, &unet, have_ad ? &ad : NULL, sch, &g, lat)) == RB_OK && !(all[b] = keep(&r, lat)))
+        if ((s = denoise(&r, &M->unet, p->n_subjects ? &M->ad : NULL, sch, &g, lat)) == RB_OK && !(all[b] = keep(&r, lat)))
             s = RB_ERR_OOM;
         rb_arena_reset(&r.work, 0);
     }
-    rb_unet_free(&unet);
-    if (have_ad)
-        rb_ms_adapter_free(&ad);
-    if (s == RB_OK)
-        s = rb_gen_load_vae(p, &vae);
+    if (M && !p->models)
+        release_unet(M);
+    if (s == RB_OK && !M->have_vae && (s = rb_gen_load_vae(p, &M->vae)) == RB_OK)
+        M->have_vae = 1;
     for (int b = 0; s == RB_OK && b < p->batch_count; b++) {
         progress(&r, "decode", b, p->batch_count);
-        s = decode(&r, &vae, all[b], &images[b]);
+        s = decode(&r, &M->vae, all[b], &images[b]);
     }
-    rb_vae_free(&vae);
-    for (int i = 0; loras && i < p->n_loras; i++)
-        rb_lora_free(&loras[i]);
-    rb_free(loras);
+    if (M != p->models)
+        rb_gen_models_free(M);
     if (sch)
         rb_sched_free(sch);
     rb_free(sch);

@@ -38,6 +38,12 @@ typedef struct rb_gen_step {
     const rb_tensor *latents;        /* [B, 4, h, w] after the scheduler step */
 } rb_gen_step;
 
+/* Models kept loaded between rb_generate calls (the C API's keep_models: include/relbooth.h,
+ * src/pipelines/api.c). Without it every run loads its models in stages and releases them. */
+typedef struct rb_gen_models rb_gen_models;
+rb_status rb_gen_models_new(rb_gen_models **out);
+void rb_gen_models_free(rb_gen_models *m);
+
 typedef struct rb_gen_params {
     const char *model; /* diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/),
                         * or a single SDXL checkpoint file (SGM layout; see pipelines/gen_load.h) */
@@ -82,6 +88,9 @@ typedef struct rb_gen_params {
     void (*progress)(void *user, const char *stage, int done, int total);
     void *user;
     volatile int *cancel; /* set to non-zero to stop at the next step (RB_ERR_CANCELLED) */
+    rb_gen_models *models; /* NULL: staged loading; else the text encoders, adapter, UNet + LoRAs and VAE are
+                            * loaded into it once and kept (every call must name the same model files and
+                            * LoRAs; the image and local encoders are still loaded per call) */
 } rb_gen_params;
 
 /* The official DreamRelation defaults: 1024x1024, 30 Euler steps, guidance 5.0, gamma 0.6, seed 42,
