@@ -11,6 +11,7 @@ int cmd_predicate(int argc, char **argv); /* tools/cmd_predicate.c */
 int cmd_eval(int argc, char **argv);      /* tools/cmd_eval.c */
 int cmd_train(int argc, char **argv);     /* tools/cmd_train.c */
 int cmd_bench(int argc, char **argv); /* bench/bench.c */
+int cmd_demo(int argc, char **argv);  /* tools/cmd_demo.c */
 
 /* Prints "relbooth <cmd>: <last error>" to stderr and returns RB_EXIT_FAIL. */
 int cli_fail(const char *cmd);

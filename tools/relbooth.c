@@ -15,6 +15,7 @@ static const struct {
     {"predicate", cmd_predicate, "print the relation predicate of a prompt template"},
     {"eval", cmd_eval, "generate and score a relation benchmark (metrics.json, cases.csv, report.html)"},
     {"train", cmd_train, "fine-tune a RelationLoRA on a relation dataset"},
+    {"demo", cmd_demo, "run the whole generation path on tiny random-weight models (no downloads)"},
     {"bench", cmd_bench, "measure kernels against this machine's matrix-multiply peak"},
 };
 
