@@ -5,8 +5,8 @@
  *   2. image: CLIP vision hidden[-2] of each reference -> grounding resampler -> [4 dummy | 16 per subject]
  *   3. denoise with CFG: rows [uncond | cond]; the uncond row gets zero image tokens and zero boxes
  *   4. VAE decode, image / 2 + 0.5 clamped, to 8 bit as diffusers' numpy_to_pil ((x * 255).round()).
- * Every stage loads its models, runs, and releases them; results that later stages need are copied
- * into a small `keep` arena. Where each model comes from (a diffusers folder or one checkpoint file)
+ * Every stage loads its models, runs, and releases them (unless p->models keeps them loaded for the
+ * next call: the C API's keep_models); results that later stages need are copied into a small `keep` arena. Where each model comes from (a diffusers folder or one checkpoint file)
  * is gen_load.c's business. */
 #include "generate.h"
 
