@@ -37,7 +37,7 @@ LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TOOL_OBJS  := $(TOOL_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_BINS  := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 # helpers that tests start (e.g. under mpirun); no test_ prefix, so tests/run.sh does not run them itself
-TEST_HELPERS := $(BUILD)/tests/mpi_worker
+TEST_HELPERS := $(BUILD)/tests/mpi_worker $(BUILD)/tests/api_example
 
 .PHONY: all deps test test-golden install uninstall clean demo bench fuzz
 all: $(BUILD)/librelbooth.a $(BUILD)/librelbooth.so $(BUILD)/relbooth
@@ -62,6 +62,11 @@ $(BUILD)/relbooth: $(TOOL_OBJS) $(BUILD)/librelbooth.a
 $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/librelbooth.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests -o $@ $< $(BUILD)/librelbooth.a $(LDFLAGS) $(LIBS)
+
+# docs/api-example.c built as an embedding program would: the public header only (tests/test_api.c runs it)
+$(BUILD)/tests/api_example: docs/api-example.c include/relbooth.h $(BUILD)/librelbooth.a
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(WARN) $(CFLAGS) $(SAN) -Iinclude -o $@ $< $(BUILD)/librelbooth.a $(LDFLAGS) $(LIBS)
 
 test: all $(TEST_BINS) $(TEST_HELPERS)
 	@tests/run.sh $(BUILD)

@@ -12,6 +12,7 @@ int cmd_eval(int argc, char **argv);      /* tools/cmd_eval.c */
 int cmd_train(int argc, char **argv);     /* tools/cmd_train.c */
 int cmd_distill(int argc, char **argv);   /* tools/cmd_distill.c */
 int cmd_bench(int argc, char **argv); /* bench/bench.c */
+int cmd_demo(int argc, char **argv);  /* tools/cmd_demo.c */
 
 /* Prints "relbooth <cmd>: <last error>" to stderr and returns RB_EXIT_FAIL. */
 int cli_fail(const char *cmd);

@@ -16,6 +16,7 @@ static const struct {
     {"eval", cmd_eval, "generate and score a relation benchmark (metrics.json, cases.csv, report.html)"},
     {"train", cmd_train, "fine-tune a RelationLoRA on a relation dataset"},
     {"distill", cmd_distill, "CLIPSelf-distil the local image encoder (--local-encoder) on a folder of images"},
+    {"demo", cmd_demo, "run the whole generation path on tiny random-weight models (no downloads)"},
     {"bench", cmd_bench, "measure kernels against this machine's matrix-multiply peak"},
 };
 

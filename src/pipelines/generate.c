@@ -5,8 +5,8 @@
  *   2. image: CLIP vision hidden[-2] of each reference -> grounding resampler -> [4 dummy | 16 per subject]
  *   3. denoise with CFG: rows [uncond | cond]; the uncond row gets zero image tokens and zero boxes
  *   4. VAE decode, image / 2 + 0.5 clamped, to 8 bit as diffusers' numpy_to_pil ((x * 255).round()).
- * Every stage loads its models, runs, and releases them; results that later stages need are copied
- * into a small `keep` arena. Where each model comes from (a diffusers folder or one checkpoint file)
+ * Every stage loads its models, runs, and releases them (unless p->models keeps them loaded for the
+ * next call: the C API's keep_models); results that later stages need are copied into a small `keep` arena. Where each model comes from (a diffusers folder or one checkpoint file)
  * is gen_load.c's business. */
 #include "generate.h"
 
@@ -105,6 +105,57 @@ typedef struct text_models {
     rb_clip_text te1, te2;
 } text_models;
 
+/* The models of one run. rb_generate releases each part when its stage is done; with p->models (the
+ * C API's keep_models, src/pipelines/api.c) the parts stay loaded in that cache for the next call. */
+struct rb_gen_models {
+    int have_text, have_ad, have_unet, have_vae;
+    text_models text;
+    rb_ms_adapter ad;
+    rb_unet unet;
+    rb_lora_set loras[RB_MAX_LORAS];
+    int n_loras;
+    rb_vae vae;
+};
+
+static void release_text(rb_gen_models *M) {
+    rb_clip_text_free(&M->text.te1);
+    rb_clip_text_free(&M->text.te2);
+    rb_clip_tokenizer_free(M->text.tok1);
+    rb_clip_tokenizer_free(M->text.tok2);
+    memset(&M->text, 0, sizeof M->text);
+    M->have_text = 0;
+}
+
+static void release_unet(rb_gen_models *M) {
+    rb_unet_free(&M->unet);
+    for (int i = 0; i < M->n_loras; i++)
+        rb_lora_free(&M->loras[i]);
+    M->n_loras = 0;
+    M->have_unet = 0;
+    if (M->have_ad)
+        rb_ms_adapter_free(&M->ad);
+    M->have_ad = 0;
+}
+
+static void release_vae(rb_gen_models *M) {
+    rb_vae_free(&M->vae);
+    M->have_vae = 0;
+}
+
+rb_status rb_gen_models_new(rb_gen_models **out) {
+    *out = rb_calloc(sizeof **out, "kept models");
+    return *out ? RB_OK : RB_ERR_OOM;
+}
+
+void rb_gen_models_free(rb_gen_models *M) {
+    if (!M)
+        return;
+    release_text(M);
+    release_unet(M);
+    release_vae(M);
+    rb_free(M);
+}
+
 static rb_tensor *ids_tensor(rb_ctx *c, const rb_clip_tokenizer *tok, const char *text) {
     rb_tensor *ids = rb_ctx_tensor(c, RB_I64, 2, (int64_t[]){1, RB_CLIP_CONTEXT});
     if (ids && rb_clip_tokenize(tok, text, ids->data, NULL, NULL) != RB_OK)
@@ -125,13 +176,15 @@ static rb_status encode_prompt(rb_ctx *c, const text_models *m, const char *text
     return c->status;
 }
 
-static rb_status stage_text(run *r) {
+static rb_status stage_text(run *r, rb_gen_models *M) {
     const rb_gen_params *p = r->p;
-    text_models m = {0};
-    rb_status s;
-    if ((s = rb_gen_load_tokenizers(p, &m.tok1, &m.tok2)) != RB_OK ||
-        (s = rb_gen_load_text_encoders(p, &m.te1, &m.te2)) != RB_OK)
-        goto done;
+    text_models m = M->text;
+    rb_status s = RB_OK;
+    if (!M->have_text) {
+        if ((s = rb_gen_load_tokenizers(p, &m.tok1, &m.tok2)) != RB_OK ||
+            (s = rb_gen_load_text_encoders(p, &m.te1, &m.te2)) != RB_OK)
+            goto done;
+    }
     progress(r, "text", 0, 1);
     { /* CLIP sees 77 tokens (BOS + 75 + EOS); longer prompts are cut there, as diffusers does */
         int64_t ids[RB_CLIP_CONTEXT];
@@ -189,10 +242,10 @@ static rb_status stage_text(run *r) {
         s = RB_ERR_OOM;
     progress(r, "text", 1, 1);
 done:
-    rb_clip_text_free(&m.te1);
-    rb_clip_text_free(&m.te2);
-    rb_clip_tokenizer_free(m.tok1);
-    rb_clip_tokenizer_free(m.tok2);
+    M->text = m;
+    M->have_text = s == RB_OK || M->have_text; /* a failed load leaves nothing half-kept */
+    if (!M->have_text || !p->models)
+        release_text(M);
     rb_arena_reset(&r->work, 0);
     return s;
 }
@@ -511,6 +564,48 @@ static rb_status oom_hint(rb_status s) {
 
 static rb_status generate(const rb_gen_params *p, rb_image *images);
 
+/* LoRAs and the adapter are loaded and checked against a UNet skeleton (names and shapes, no weights)
+ * before anything heavy runs, so that a file for another architecture fails in a moment. Kept models
+ * (the C API's keep_models) are loaded once. */
+static rb_status load_lora_and_adapter(const rb_gen_params *p, run *r, rb_gen_models *M) {
+    if (M->n_loras == p->n_loras && (M->have_ad || !p->n_subjects))
+        return RB_OK;
+    rb_unet skel = {0};
+    rb_status s = rb_unet_init(&skel, &r->unet_cfg);
+    for (int i = M->n_loras; s == RB_OK && i < p->n_loras; i++) {
+        rb_lora_options o = rb_lora_defaults();
+        o.scale = p->loras[i].scale;
+        o.log_unused = 0; /* check_lora reports them in one line */
+        if ((s = rb_lora_load(&M->loras[i], p->loras[i].path, &o)) != RB_OK)
+            break;
+        M->n_loras = i + 1;
+        if ((s = check_lora(p, &M->loras[i])) == RB_OK)
+            s = rb_unet_attach_lora(&skel, &M->loras[i]);
+    }
+    if (s == RB_OK && p->n_subjects && !M->have_ad && /* the adapter is indexed by the UNet's processors */
+        (s = rb_ms_adapter_load(&M->ad, p->ms_adapter, &skel, p->resampler_dim_head)) == RB_OK)
+        M->have_ad = 1;
+    rb_unet_free(&skel);
+    if (s != RB_OK)
+        release_unet(M); /* nothing half-loaded stays */
+    return s;
+}
+
+/* The UNet with the loaded LoRAs attached. */
+static rb_status load_unet(const rb_gen_params *p, rb_gen_models *M) {
+    if (M->have_unet)
+        return RB_OK;
+    rb_status s = rb_gen_load_unet(p, &M->unet);
+    for (int i = 0; s == RB_OK && i < M->n_loras; i++)
+        s = rb_unet_attach_lora(&M->unet, &M->loras[i]);
+    if (s != RB_OK) {
+        rb_unet_free(&M->unet);
+        return s;
+    }
+    M->have_unet = 1;
+    return RB_OK;
+}
+
 rb_status rb_generate(const rb_gen_params *p, rb_image *images) {
     if (p->report)
         memset(p->report, 0, sizeof *p->report);
@@ -529,12 +624,10 @@ static rb_status generate(const rb_gen_params *p, rb_image *images) {
         memset(&images[i], 0, sizeof images[i]);
     run r = {.p = p};
     rb_scheduler *sch = rb_calloc(sizeof *sch, "scheduler");
-    rb_lora_set *loras = rb_calloc((size_t)(p->n_loras + 1) * sizeof *loras, "LoRA sets");
-    rb_unet unet = {0};
-    rb_vae vae = {0};
-    rb_ms_adapter ad = {0};
-    int have_ad = 0;
-    rb_status s = !sch || !loras ? RB_ERR_OOM : RB_OK;
+    rb_gen_models *M = p->models;
+    if (!M && rb_gen_models_new(&M) != RB_OK)
+        M = NULL;
+    rb_status s = !sch || !M ? RB_ERR_OOM : RB_OK;
     if (s == RB_OK)
         s = rb_arena_init(&r.keep, (size_t)64 << 20, "generate: kept tensors");
     if (s == RB_OK)
@@ -543,34 +636,18 @@ static rb_status generate(const rb_gen_params *p, rb_image *images) {
         s = load_scheduler(p, sch);
     if (s == RB_OK)
         s = rb_gen_unet_config(p, &r.unet_cfg);
-    /* LoRAs and the adapter are checked against a UNet skeleton (names and shapes, no weights) before
-     * anything heavy runs, so that a file for another architecture fails in a moment */
-    rb_unet skel = {0};
-    if (s == RB_OK && (p->n_loras || p->n_subjects))
-        s = rb_unet_init(&skel, &r.unet_cfg);
-    for (int i = 0; s == RB_OK && i < p->n_loras; i++) {
-        rb_lora_options o = rb_lora_defaults();
-        o.scale = p->loras[i].scale;
-        o.log_unused = 0; /* check_lora reports them in one line */
-        if ((s = rb_lora_load(&loras[i], p->loras[i].path, &o)) == RB_OK && (s = check_lora(p, &loras[i])) == RB_OK)
-            s = rb_unet_attach_lora(&skel, &loras[i]);
-    }
-    if (s == RB_OK && p->n_subjects && /* the adapter is indexed by the UNet's processors */
-        (s = rb_ms_adapter_load(&ad, p->ms_adapter, &skel, p->resampler_dim_head)) == RB_OK)
-        have_ad = 1;
-    rb_unet_free(&skel);
     if (s == RB_OK)
-        s = stage_text(&r);
+        s = load_lora_and_adapter(p, &r, M);
+    if (s == RB_OK)
+        s = stage_text(&r, M);
     rep->text_s = now_s() - t, t = now_s();
     if (s == RB_OK && p->n_subjects) {
-        s = stage_image(&r, &ad);
+        s = stage_image(&r, &M->ad);
         rep->image_s = now_s() - t;
     }
     t = now_s();
     if (s == RB_OK)
-        s = rb_gen_load_unet(p, &unet);
-    for (int i = 0; s == RB_OK && i < p->n_loras; i++)
-        s = rb_unet_attach_lora(&unet, &loras[i]);
+        s = load_unet(p, M);
     rep->unet_s = now_s() - t, t = now_s();
     rb_tensor *lat = NULL;
     if (s == RB_OK) {
@@ -587,27 +664,24 @@ static rb_status generate(const rb_gen_params *p, rb_image *images) {
     if (s == RB_OK && !all)
         s = RB_ERR_OOM;
     for (int b = 0; s == RB_OK && b < p->batch_count; b++) {
-        if ((s = denoise(&r, &unet, have_ad ? &ad : NULL, sch, &g, lat)) == RB_OK && !(all[b] = keep(&r, lat)))
+        if ((s = denoise(&r, &M->unet, p->n_subjects ? &M->ad : NULL, sch, &g, lat)) == RB_OK && !(all[b] = keep(&r, lat)))
             s = RB_ERR_OOM;
         rb_arena_reset(&r.work, 0);
     }
     rep->denoise_s = now_s() - t;
     rep->step_s = rep->steps_run ? rep->denoise_s / rep->steps_run : 0;
-    rb_unet_free(&unet);
+    if (M && !p->models)
+        release_unet(M);
     t = now_s();
-    if (have_ad)
-        rb_ms_adapter_free(&ad);
-    if (s == RB_OK)
-        s = rb_gen_load_vae(p, &vae);
+    if (s == RB_OK && !M->have_vae && (s = rb_gen_load_vae(p, &M->vae)) == RB_OK)
+        M->have_vae = 1;
     for (int b = 0; s == RB_OK && b < p->batch_count; b++) {
         progress(&r, "decode", b, p->batch_count);
-        s = decode(&r, &vae, all[b], &images[b]);
+        s = decode(&r, &M->vae, all[b], &images[b]);
     }
-    rb_vae_free(&vae);
     rep->decode_s = now_s() - t;
-    for (int i = 0; loras && i < p->n_loras; i++)
-        rb_lora_free(&loras[i]);
-    rb_free(loras);
+    if (M != p->models)
+        rb_gen_models_free(M);
     if (sch)
         rb_sched_free(sch);
     rb_free(sch);

@@ -52,6 +52,11 @@ typedef struct rb_gen_report {
     int prompt_tokens;  /* the prompt's CLIP-L tokens with BOS/EOS, before truncation */
     int prompt_dropped; /* tokens cut off by the 77-token limit (0 if it fits) */
 } rb_gen_report;
+/* Models kept loaded between rb_generate calls (the C API's keep_models: include/relbooth.h,
+ * src/pipelines/api.c). Without it every run loads its models in stages and releases them. */
+typedef struct rb_gen_models rb_gen_models;
+rb_status rb_gen_models_new(rb_gen_models **out);
+void rb_gen_models_free(rb_gen_models *m);
 
 typedef struct rb_gen_params {
     const char *model; /* diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/),
@@ -99,6 +104,9 @@ typedef struct rb_gen_params {
     volatile int *cancel; /* set to non-zero to stop at the next step (RB_ERR_CANCELLED) */
     void (*warn)(void *user, const char *msg); /* one-line warnings (long prompt, LoRA keys ignored); NULL: none */
     rb_gen_report *report;                     /* NULL, or filled with timings and token counts */
+    rb_gen_models *models; /* NULL: staged loading; else the text encoders, adapter, UNet + LoRAs and VAE are
+                            * loaded into it once and kept (every call must name the same model files and
+                            * LoRAs; the image and local encoders are still loaded per call) */
 } rb_gen_params;
 
 /* The official DreamRelation defaults: 1024x1024, 30 Euler steps, guidance 5.0, gamma 0.6, seed 42,
