@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "pipelines/dr_config.h"
 #include "io/image.h"
 #include "io/pickle.h"
 #include "io/safetensors.h"
@@ -617,6 +618,16 @@ static int replay(const char *target, const uint8_t *b, size_t n, const char *na
         if (sc)
             rb_sched_free(sc);
         free(sc);
+    } else if (!strcmp(target, "fuzz_yaml_config")) {
+        put_file("regress.yaml", b, n);
+        static rb_dr_config store;
+        rb_gen_params p;
+        rb_gen_params_init(&p);
+        s = rb_dr_config_load(tpath("regress.yaml"), &store, &p);
+        for (int i = 0; s == RB_OK && i < p.n_subjects; i++) /* an accepted box is a finite float */
+            for (int k = 0; k < 4; k++)
+                if (!isfinite(p.subjects[i].box[k]))
+                    return 0;
     } else {
         return -1;
     }

@@ -1,5 +1,7 @@
 #include "dr_config.h"
 
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -72,8 +74,8 @@ rb_status rb_dr_config_load(const char *path, rb_dr_config *st, rb_gen_params *p
         yaml_node_t *b = rb_yaml_item(&y, boxes, i);
         double v[4];
         int ok = im && ph && rb_yaml_len(b) == 4;
-        for (int k = 0; ok && k < 4; k++)
-            ok = rb_yaml_double(rb_yaml_item(&y, b, k), &v[k]);
+        for (int k = 0; ok && k < 4; k++) /* finite and representable as float (generate checks [0, 1]) */
+            ok = rb_yaml_double(rb_yaml_item(&y, b, k), &v[k]) && fabs(v[k]) <= FLT_MAX;
         if (!ok) {
             s = rb_error(RB_ERR_FORMAT, "%s: subject %d needs an image path, a phrase and a box of 4 numbers", path,
                          i + 1);
