@@ -212,7 +212,7 @@ static int parse(int argc, char **argv, opts *o) {
 static void report(const opts *o, const char *what, double seconds, double gflop, double peak, const char *extra) {
     double eff = gflop > 0 && peak > 0 ? gflop / seconds / peak : 0;
     if (o->json)
-        printf("{\"bench\": \"%s\", \"dtype\": \"%s\", \"threads\": %d, \"seconds\": %.4f, \"gflop\": %.2f, "
+        printf("{\"bench\": \"%s\", \"dtype\": \"%s\", \"threads\": %d, \"seconds\": %.6f, \"gflop\": %.6f, "
                "\"gflops\": %.1f, \"peak_gflops\": %.1f, \"efficiency\": %.4f, \"peak_rss_mib\": %.1f, \"load1\": %.2f%s}\n",
                what, rb_dtype_name(o->dt), o->threads, seconds, gflop, gflop / seconds, peak, eff, peak_rss_mib(),
                load1(), extra ? extra : "");
@@ -347,7 +347,7 @@ static rb_status alloc_rand(rb_tensor *t, int ndim, const int64_t *shape, uint64
 }
 
 static int bench_unet(const opts *o) {
-    int64_t B = o->batch, Lat = o->tiny && o->latent == 64 ? 16 : o->latent, Lctx = 77;
+    int64_t B = o->batch, Lat = o->tiny && o->latent == 64 ? 8 : o->latent, Lctx = 77;
     pool p = {.wdt = RB_BF16, .s = RB_OK};
     rb_unet m;
     unet_fill u = {0};
@@ -369,7 +369,7 @@ static int bench_unet(const opts *o) {
         return cli_fail("bench unet");
     }
     double peak = 0;
-    rb_status s = bench_peak_gflops(&ar, o->dt, 6, &peak);
+    rb_status s = bench_peak_gflops(&ar, o->dt, o->tiny ? 1 : 6, &peak);
     if (s == RB_OK)
         s = alloc_rand(&x, 4, (int64_t[]){B, m.cfg.in_channels, Lat, Lat}, 1, 1.7f);
     if (s == RB_OK)
@@ -525,7 +525,7 @@ static int bench_vae(const opts *o) {
         return cli_fail("bench vae");
     }
     double peak = 0, best = 1e30;
-    rb_status s = bench_peak_gflops(&ar, o->dt, 6, &peak);
+    rb_status s = bench_peak_gflops(&ar, o->dt, o->tiny ? 1 : 6, &peak);
     if (s == RB_OK)
         s = alloc_rand(&z, 4, (int64_t[]){1, cfg.latent_channels, h, h}, 11, 1.7f);
     for (int r = 0; r <= o->reps && s == RB_OK; r++) {
@@ -637,7 +637,7 @@ static int bench_text(const opts *o) {
         return cli_fail("bench text");
     }
     double peak = 0, best[3] = {1e30, 1e30, 1e30};
-    s = bench_peak_gflops(&ar, o->dt, 6, &peak);
+    s = bench_peak_gflops(&ar, o->dt, o->tiny ? 1 : 6, &peak);
     int64_t ids[2][RB_CLIP_CONTEXT], mask[RB_CLIP_CONTEXT];
     for (int k = 0; k < 2; k++) /* without a tokenizer: BOS, 20 word ids, EOS, padding */
         for (int j = 0; j < RB_CLIP_CONTEXT; j++)
