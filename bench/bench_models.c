@@ -6,7 +6,7 @@
  *   relbooth bench open FILE | --synthetic [--tiny] [--json]
  *
  * Every suite: 2 threads by default (-t), one warm-up call (oneDNN primitives, weight reorders, page
- * faults) then the best of -r timed calls. Weights are U(+-sqrt(3 / fan_in)) (variance 1/fan_in,
+ * faults) then the best of -r timed calls (-r 0: the cold call alone is timed). Weights are U(+-sqrt(3 / fan_in)) (variance 1/fan_in,
  * fan_in = numel / shape[0]) in bf16 for matrices and conv kernels, f32 ones for norm gains and
  * U(+-0.1) f32 for biases, from a hash of (seed, index), so filling is parallel and reproducible.
  * FLOPs are counted from the shapes (see docs/bench.md): 2 per multiply-add of every convolution,
@@ -142,7 +142,7 @@ static int usage(FILE *f) {
             "       relbooth bench vae [--decode] [--size N] [--dtype f32|bf16] [--tiny]\n"
             "       relbooth bench text [--tokenizer DIR] [--dtype bf16|f32] [--tiny]\n"
             "       relbooth bench open FILE | --synthetic [--tiny]\n"
-            "  common: [--json] [-t threads (2)] [-r timed reps after one warm-up]\n"
+            "  common: [--json] [-t threads (2)] [-r timed reps after one warm-up; 0: time the cold call alone]\n"
             "  Full-size SDXL models (base UNet, VAE decoder, both text encoders) with random weights built\n"
             "  in memory; prints FLOPs, seconds, efficiency vs this run's GEMM peak and peak RSS.\n"
             "  open --synthetic writes a temporary SDXL-UNet-size bf16 safetensors, times rb_st_open cold\n"
@@ -195,9 +195,9 @@ static int parse(int argc, char **argv, opts *o) {
         else
             return usage(stderr);
     }
-    if (o->threads < 1 || o->reps < 1 || o->reps > 100 || o->batch < 1 || o->batch > 64 || o->latent < 8 ||
+    if (o->threads < 1 || o->reps < 0 || o->reps > 100 || o->batch < 1 || o->batch > 64 || o->latent < 8 ||
         o->latent > 512 || o->latent % 8 || o->size < 64 || o->size > 4096 || o->size % 64) {
-        fprintf(stderr, "relbooth bench: bad sizes (threads, reps >= 1; latent multiple of 8 in 8..512; size multiple "
+        fprintf(stderr, "relbooth bench: bad sizes (threads >= 1, reps >= 0; latent multiple of 8 in 8..512; size multiple "
                         "of 64 in 64..4096; batch 1..64)\n");
         return RB_EXIT_USAGE;
     }
@@ -401,7 +401,7 @@ static int bench_unet(const opts *o) {
         if (s == RB_OK && !isfinite(((float *)out.sample->data)[0]))
             s = rb_error(RB_ERR_INTERNAL, "bench unet: non-finite output");
         rb_arena_reset(&ar, mark);
-        if (r > 0 && t < best)
+        if ((r > 0 || o->reps == 0) && t < best)
             best = t;
         if (!o->json && !o->tiny)
             fprintf(stderr, "relbooth bench unet: %s %.2f s\n", r ? "run" : "warm-up", t);
@@ -518,7 +518,7 @@ static int bench_vae(const opts *o) {
     }
     int64_t h = S >> (cfg.n_blocks - 1);
     rb_arena ar;
-    size_t cap = ((size_t)256 << 20) + (size_t)S * S * 128 * 4 * 6; /* a few full-resolution 128-channel maps */
+    size_t cap = ((size_t)256 << 20) + (size_t)S * S * 128 * 4 * 16; /* ~16 full-resolution 128-channel f32 maps */
     rb_tensor z = {0};
     if (rb_arena_init(&ar, cap, "bench arena") != RB_OK) {
         pool_free(&p);
@@ -538,7 +538,7 @@ static int bench_vae(const opts *o) {
         double t = now_s() - ta;
         s = y ? RB_OK : c.status;
         rb_arena_reset(&ar, mark);
-        if (r > 0 && t < best)
+        if ((r > 0 || o->reps == 0) && t < best)
             best = t;
     }
     int rc = RB_EXIT_OK;
@@ -659,7 +659,7 @@ static int bench_text(const opts *o) {
             te[k] = now_s() - tb;
             rb_arena_reset(&ar, mark);
         }
-        if (r > 0 && tt + te[0] + te[1] < best[0] + best[1] + best[2])
+        if ((r > 0 || o->reps == 0) && tt + te[0] + te[1] < best[0] + best[1] + best[2])
             best[0] = tt, best[1] = te[0], best[2] = te[1];
     }
     int rc = RB_EXIT_OK;
