@@ -44,6 +44,14 @@ static double peak_rss_mib(void) {
     return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
 }
 
+/* CPU seconds this process has used (user + system, all threads): on a loaded machine the call's
+ * CPU time / threads estimates its unloaded wall time */
+static double cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+}
+
 static double load1(void) { /* the machine is shared: every result carries the load it ran under */
     double l = -1;
     FILE *f = fopen("/proc/loadavg", "r");
@@ -209,18 +217,19 @@ static int parse(int argc, char **argv, opts *o) {
 }
 
 /* the common result line / object */
-static void report(const opts *o, const char *what, double seconds, double gflop, double peak, const char *extra) {
+static void report(const opts *o, const char *what, double seconds, double cpu, double gflop, double peak,
+                   const char *extra) {
     double eff = gflop > 0 && peak > 0 ? gflop / seconds / peak : 0;
     if (o->json)
         printf("{\"bench\": \"%s\", \"dtype\": \"%s\", \"threads\": %d, \"seconds\": %.6f, \"gflop\": %.6f, "
-               "\"gflops\": %.1f, \"peak_gflops\": %.1f, \"efficiency\": %.4f, \"peak_rss_mib\": %.1f, \"load1\": %.2f%s}\n",
-               what, rb_dtype_name(o->dt), o->threads, seconds, gflop, gflop / seconds, peak, eff, peak_rss_mib(),
+               "\"gflops\": %.1f, \"peak_gflops\": %.1f, \"efficiency\": %.4f, \"peak_rss_mib\": %.1f, \"cpu_seconds\": %.3f, \"load1\": %.2f%s}\n",
+               what, rb_dtype_name(o->dt), o->threads, seconds, gflop, gflop / seconds, peak, eff, peak_rss_mib(), cpu,
                load1(), extra ? extra : "");
     else
         printf("%s (%s, %d threads): %.3f s, %.1f GFLOP, %.1f GFLOP/s = %.1f%% of this run's %s GEMM peak %.1f GFLOP/s; "
-               "peak RSS %.0f MiB; load %.2f\n",
+               "peak RSS %.0f MiB; CPU time %.2f s (%.2f s per thread); load %.2f\n",
                what, rb_dtype_name(o->dt), o->threads, seconds, gflop, gflop / seconds, eff * 100, rb_dtype_name(o->dt),
-               peak, peak_rss_mib(), load1());
+               peak, peak_rss_mib(), cpu, cpu / o->threads, load1());
 }
 
 /* ================================ UNet ================================ */
@@ -387,7 +396,7 @@ static int bench_unet(const opts *o) {
             float *t = (float *)ti.data + 6 * b;
             t[0] = t[1] = t[4] = t[5] = 8.0f * (float)Lat, t[2] = t[3] = 0;
         }
-    double best = 1e30;
+    double best = 1e30, best_cpu = 0;
     rb_unet_in in = {&x, &ts, &ehs, &te, &ti, NULL, 0, 0};
     for (int r = 0; r <= o->reps && s == RB_OK; r++) { /* r = 0 warms up */
         rb_ctx c;
@@ -395,14 +404,14 @@ static int bench_unet(const opts *o) {
         c.matmul_dtype = o->dt;
         size_t mark = rb_arena_mark(&ar);
         rb_unet_out out;
-        double ta = now_s();
+        double ta = now_s(), ca = cpu_s();
         s = rb_unet_forward(&c, &m, &in, &out);
-        double t = now_s() - ta;
+        double t = now_s() - ta, ct = cpu_s() - ca;
         if (s == RB_OK && !isfinite(((float *)out.sample->data)[0]))
             s = rb_error(RB_ERR_INTERNAL, "bench unet: non-finite output");
         rb_arena_reset(&ar, mark);
         if ((r > 0 || o->reps == 0) && t < best)
-            best = t;
+            best = t, best_cpu = ct;
         if (!o->json && !o->tiny)
             fprintf(stderr, "relbooth bench unet: %s %.2f s\n", r ? "run" : "warm-up", t);
     }
@@ -414,9 +423,10 @@ static int bench_unet(const opts *o) {
                  ", \"latent\": %d, \"batch\": %d, \"build_s\": %.2f, \"weights_mib\": %.1f, \"weight_cache_mib\": %.1f",
                  (int)Lat, (int)B, build_s, (double)p.bytes / (1 << 20), (double)rb_dnnl_weight_cache_bytes() / (1 << 20));
         if (!o->json)
-            printf("SDXL UNet%s, latent %dx%d, batch %d, weights %.0f MiB (built in %.1f s)\n", o->tiny ? " (tiny)" : "",
-                   (int)Lat, (int)Lat, (int)B, (double)p.bytes / (1 << 20), build_s);
-        report(o, "unet", best, unet_flops(&m, (double)B, (double)Lat, (double)Lat, (double)Lctx) * 1e-9, peak, extra);
+            printf("SDXL UNet%s, latent %dx%d, batch %d, weights %.0f MiB (built in %.1f s), oneDNN weight cache %.0f MiB\n",
+                   o->tiny ? " (tiny)" : "", (int)Lat, (int)Lat, (int)B, (double)p.bytes / (1 << 20), build_s,
+                   (double)rb_dnnl_weight_cache_bytes() / (1 << 20));
+        report(o, "unet", best, best_cpu, unet_flops(&m, (double)B, (double)Lat, (double)Lat, (double)Lctx) * 1e-9, peak, extra);
     }
     rb_tensor *ins[5] = {&x, &ts, &ehs, &te, &ti};
     for (int i = 0; i < 5; i++)
@@ -524,7 +534,7 @@ static int bench_vae(const opts *o) {
         pool_free(&p);
         return cli_fail("bench vae");
     }
-    double peak = 0, best = 1e30;
+    double peak = 0, best = 1e30, best_cpu = 0;
     rb_status s = bench_peak_gflops(&ar, o->dt, o->tiny ? 1 : 6, &peak);
     if (s == RB_OK)
         s = alloc_rand(&z, 4, (int64_t[]){1, cfg.latent_channels, h, h}, 11, 1.7f);
@@ -533,13 +543,13 @@ static int bench_vae(const opts *o) {
         rb_ctx_init(&c, &ar);
         c.matmul_dtype = o->dt;
         size_t mark = rb_arena_mark(&ar);
-        double ta = now_s();
+        double ta = now_s(), ca = cpu_s();
         rb_tensor *y = rb_vae_decode(&c, &m, &z, 0, NULL);
-        double t = now_s() - ta;
+        double t = now_s() - ta, ct = cpu_s() - ca;
         s = y ? RB_OK : c.status;
         rb_arena_reset(&ar, mark);
         if ((r > 0 || o->reps == 0) && t < best)
-            best = t;
+            best = t, best_cpu = ct;
     }
     int rc = RB_EXIT_OK;
     if (s != RB_OK)
@@ -549,7 +559,7 @@ static int bench_vae(const opts *o) {
         snprintf(extra, sizeof extra, ", \"size\": %d", S);
         if (!o->json)
             printf("SDXL VAE decoder%s, %dx%d image from a %dx%d latent\n", o->tiny ? " (tiny)" : "", S, S, (int)h, (int)h);
-        report(o, "vae_decode", best, vae_decode_flops(&cfg, S) * 1e-9, peak, extra);
+        report(o, "vae_decode", best, best_cpu, vae_decode_flops(&cfg, S) * 1e-9, peak, extra);
     }
     rb_tensor_free(&z);
     rb_dnnl_cache_clear();
@@ -636,14 +646,14 @@ static int bench_text(const opts *o) {
         rb_clip_tokenizer_free(tk[0]), rb_clip_tokenizer_free(tk[1]);
         return cli_fail("bench text");
     }
-    double peak = 0, best[3] = {1e30, 1e30, 1e30};
+    double peak = 0, best[3] = {1e30, 1e30, 1e30}, best_cpu = 0;
     s = bench_peak_gflops(&ar, o->dt, o->tiny ? 1 : 6, &peak);
     int64_t ids[2][RB_CLIP_CONTEXT], mask[RB_CLIP_CONTEXT];
     for (int k = 0; k < 2; k++) /* without a tokenizer: BOS, 20 word ids, EOS, padding */
         for (int j = 0; j < RB_CLIP_CONTEXT; j++)
             ids[k][j] = j == 0 ? 49406 : j <= 20 ? 320 + 37 * j : j == 21 || k == 0 ? 49407 : 0;
     for (int r = 0; r <= o->reps && s == RB_OK; r++) {
-        double ta = now_s();
+        double ta = now_s(), ca = cpu_s();
         for (int k = 0; k < 2 && tk[k] && s == RB_OK; k++)
             s = rb_clip_tokenize(tk[k], prompt, ids[k], mask, NULL);
         double tt = now_s() - ta, te[2] = {0, 0};
@@ -660,7 +670,7 @@ static int bench_text(const opts *o) {
             rb_arena_reset(&ar, mark);
         }
         if ((r > 0 || o->reps == 0) && tt + te[0] + te[1] < best[0] + best[1] + best[2])
-            best[0] = tt, best[1] = te[0], best[2] = te[1];
+            best[0] = tt, best[1] = te[0], best[2] = te[1], best_cpu = cpu_s() - ca;
     }
     int rc = RB_EXIT_OK;
     if (s != RB_OK)
@@ -677,7 +687,7 @@ static int bench_text(const opts *o) {
             printf("SDXL prompt encoding%s: tokenizers %s, CLIP-L %.3f s, OpenCLIP bigG %.3f s\n", o->tiny ? " (tiny)" : "",
                    tk[0] ? (snprintf(tbuf, sizeof tbuf, "%.2f ms", best[0] * 1e3), tbuf) : "not timed", best[1],
                    best[2]);
-        report(o, "text", best[0] + best[1] + best[2], gf, peak, extra);
+        report(o, "text", best[0] + best[1] + best[2], best_cpu, gf, peak, extra);
     }
     rb_dnnl_cache_clear();
     rb_arena_free(&ar);
@@ -687,6 +697,11 @@ static int bench_text(const opts *o) {
 }
 
 /* ================================ open ================================ */
+
+static void count_param(void *user, const rb_unet_param *up) {
+    (void)up;
+    ++*(int *)user;
+}
 
 /* reads one byte per page of every tensor (what a first forward pass does to the mapping) */
 static uint64_t touch(const rb_safetensors *f) {
@@ -712,10 +727,12 @@ static int bench_open(const opts *o) {
         pool p = {.wdt = RB_BF16, .s = RB_OK};
         rb_unet m;
         unet_fill u = {0};
-        rb_status s = unet_build(&m, &p, o->tiny, &u); /* counts the parameters */
-        if (s == RB_OK) {
-            rb_unet_free(&m), pool_free(&p);
-            p = (pool){.wdt = RB_BF16, .s = RB_OK};
+        rb_unet_config cfg;
+        unet_config(&cfg, o->tiny);
+        rb_status s = rb_unet_init(&m, &cfg);
+        if (s == RB_OK) { /* count the parameters first */
+            rb_unet_visit_params(&m, count_param, &u.n);
+            rb_unet_free(&m);
             u.names = pool_alloc(&p, (size_t)u.n * sizeof *u.names);
             u.tensors = pool_alloc(&p, (size_t)u.n * sizeof *u.tensors);
             n_tensors = u.n, u.n = 0;
