@@ -370,7 +370,7 @@ static int bench_unet(const opts *o) {
     /* activations: skips and one block's working set (flash attention: nothing ~ tokens^2) */
     size_t cap = (size_t)256 << 20;
     if (!o->tiny)
-        cap += (size_t)(B * Lat * Lat) * ((size_t)80 << 10);
+        cap += (size_t)(B * Lat * Lat) * ((size_t)192 << 10); /* a cap: only the pages used count */
     rb_tensor x = {0}, ts = {0}, ehs = {0}, te = {0}, ti = {0};
     int rc = RB_EXIT_OK;
     if (rb_arena_init(&ar, cap, "bench arena") != RB_OK) {
@@ -420,8 +420,10 @@ static int bench_unet(const opts *o) {
     else {
         char extra[256];
         snprintf(extra, sizeof extra,
-                 ", \"latent\": %d, \"batch\": %d, \"build_s\": %.2f, \"weights_mib\": %.1f, \"weight_cache_mib\": %.1f",
-                 (int)Lat, (int)B, build_s, (double)p.bytes / (1 << 20), (double)rb_dnnl_weight_cache_bytes() / (1 << 20));
+                 ", \"latent\": %d, \"batch\": %d, \"build_s\": %.2f, \"weights_mib\": %.1f, \"weight_cache_mib\": %.1f, "
+                 "\"arena_peak_mib\": %.1f",
+                 (int)Lat, (int)B, build_s, (double)p.bytes / (1 << 20), (double)rb_dnnl_weight_cache_bytes() / (1 << 20),
+                 (double)ar.peak / (1 << 20));
         if (!o->json)
             printf("SDXL UNet%s, latent %dx%d, batch %d, weights %.0f MiB (built in %.1f s), oneDNN weight cache %.0f MiB\n",
                    o->tiny ? " (tiny)" : "", (int)Lat, (int)Lat, (int)B, (double)p.bytes / (1 << 20), build_s,
