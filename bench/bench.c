@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench.h"
 #include "bench_train.h"
 #include "cli.h"
 #include "core/mem.h"
@@ -100,7 +101,7 @@ static const bench_case cases[] = {
 
 /* ---- peak ---- */
 
-static rb_status peak_gflops(rb_arena *ar, rb_dtype dt, int reps, double *out) {
+rb_status bench_peak_gflops(rb_arena *ar, rb_dtype dt, int reps, double *out) {
     const int64_t n = 2048;
     rb_tensor a, b, c;
     memset(&a, 0, sizeof a), memset(&b, 0, sizeof b), memset(&c, 0, sizeof c);
@@ -139,6 +140,7 @@ static rb_status peak_gflops(rb_arena *ar, rb_dtype dt, int reps, double *out) {
 
 static int usage(FILE *f) {
     fprintf(f, "usage: relbooth bench ops|eval [--json] [-t threads] [-r reps]\n"
+               "       relbooth bench unet|vae|text|open ... (full-size SDXL models; `bench unet --help`)\n"
                "  eval: time to score one 1024x1024 image with CLIP ViT-L/14 and DINO ViT-S/16 (random full-size\n"
                "  weights), f32 and bf16\n"
                "  measures this machine's oneDNN f32/bf16 GEMM peak and the GFLOP/s of matmul, conv and\n"
@@ -178,10 +180,12 @@ int cmd_bench(int argc, char **argv) {
         return usage(stderr);
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
         return usage(stdout);
+    if (!strcmp(argv[1], "unet") || !strcmp(argv[1], "vae") || !strcmp(argv[1], "text") || !strcmp(argv[1], "open"))
+        return bench_models(argc, argv);
     if (!strcmp(argv[1], "train"))
         return bench_train_main(argc, argv);
     if (strcmp(argv[1], "ops") && strcmp(argv[1], "eval")) {
-        fprintf(stderr, "relbooth bench: unknown suite '%s' (have: ops, eval)\n", argv[1]);
+        fprintf(stderr, "relbooth bench: unknown suite '%s' (have: ops, eval, unet, vae, text, open, train)\n", argv[1]);
         return RB_EXIT_USAGE;
     }
     for (int i = 2; i < argc; i++) {
@@ -209,7 +213,7 @@ int cmd_bench(int argc, char **argv) {
     rb_dtype dts[2] = {RB_F32, RB_BF16};
     double peak[2];
     for (int k = 0; k < 2; k++)
-        if (peak_gflops(&ar, dts[k], 2 * reps, &peak[k]) != RB_OK) { /* more reps: the ratio hinges on it */
+        if (bench_peak_gflops(&ar, dts[k], 2 * reps, &peak[k]) != RB_OK) { /* more reps: the ratio hinges on it */
             rb_arena_free(&ar);
             return cli_fail("bench");
         }
