@@ -153,7 +153,7 @@ static void t_mpi_matches_single(void) {
     snprintf(bin, sizeof bin, "%s", relbooth_bin);
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    char one[4200], two[4200], args[20000], cmd[30000];
+    char one[4200], two[4200], args[20000], cmd[40000];
     snprintf(one, sizeof one, "%s/mpi1", t_tmpdir());
     snprintf(two, sizeof two, "%s/mpi2", t_tmpdir());
     snprintf(args, sizeof args,
