@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int t_failed_total, t_cur_failed, t_cur_skipped;
@@ -177,6 +178,28 @@ static inline const char *t_find_on_path(const char *name, char *out, size_t cap
         d += n + (d[n] == ':');
     }
     return out;
+}
+
+/* Runs `cmd` (a shell command line) with stdout and stderr captured into out / err (NUL-terminated,
+ * truncated to the buffers); returns the exit status, or 128 when it died by a signal. */
+static inline int t_run_capture(const char *cmd, char *out, size_t out_cap, char *err, size_t err_cap) {
+    char o[512], e[512], full[16384];
+    snprintf(o, sizeof o, "%s/capture.out", t_tmpdir());
+    snprintf(e, sizeof e, "%s/capture.err", t_tmpdir());
+    snprintf(full, sizeof full, "%s >%s 2>%s", cmd, o, e);
+    int st = system(full);
+    char *bufs[2] = {out, err};
+    const char *paths[2] = {o, e};
+    size_t caps[2] = {out_cap, err_cap};
+    for (int i = 0; i < 2; i++) {
+        bufs[i][0] = 0;
+        FILE *f = fopen(paths[i], "rb");
+        if (f) {
+            bufs[i][fread(bufs[i], 1, caps[i] - 1, f)] = 0;
+            fclose(f);
+        }
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
 #endif

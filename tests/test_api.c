@@ -6,34 +6,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "golden_models.h"
 #include "harness.h"
 #include "pipelines/generate.h"
 #include "relbooth.h"
 
 static char example_bin[4096];
 
-/* A folder of real symlinks to a golden pipeline's components (they may be link stubs). */
+/* a folder of real symlinks to a golden pipeline's components (golden_models.h) */
 static const char *pipeline_dir(const char *golden_pipeline, const char *name) {
     static char dir[4096];
-    static const char *parts[] = {"model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
-                                  "tokenizer_2", "unet", "vae"};
-    snprintf(dir, sizeof dir, "%s/%s", t_tmpdir(), name);
-    mkdir(dir, 0755);
-    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-        char src[4096], rel[8192], dst[8192];
-        snprintf(rel, sizeof rel, "%s/%s", golden_pipeline, parts[i]);
-        t_resolve(rel, src, sizeof src);
-        if (src[0] != '/') {
-            char cwd[2048];
-            if (getcwd(cwd, sizeof cwd))
-                snprintf(rel, sizeof rel, "%s/%s", cwd, src), snprintf(src, sizeof src, "%.4095s", rel);
-        }
-        snprintf(dst, sizeof dst, "%s/%s", dir, parts[i]);
-        unlink(dst);
-        if (symlink(src, dst) != 0)
-            return NULL;
-    }
-    return dir;
+    return t_pipeline_dir(golden_pipeline, name, dir, sizeof dir);
 }
 
 static int same_image(const rb_image_out *a, const rb_image *b) {

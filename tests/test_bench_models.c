@@ -14,22 +14,9 @@ static char out[1 << 16], err[4096];
 
 /* Runs `relbooth bench <args>`; returns the exit status, stdout in out, stderr in err. */
 static int run(const char *args) {
-    char o[512], e[512], cmd[8192];
-    snprintf(o, sizeof o, "%s/bench.out", t_tmpdir());
-    snprintf(e, sizeof e, "%s/bench.err", t_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s bench %s >%s 2>%s", bin, args, o, e);
-    int st = system(cmd);
-    out[0] = err[0] = 0;
-    FILE *f = fopen(o, "rb");
-    if (f) {
-        out[fread(out, 1, sizeof out - 1, f)] = 0;
-        fclose(f);
-    }
-    if ((f = fopen(e, "rb"))) {
-        err[fread(err, 1, sizeof err - 1, f)] = 0;
-        fclose(f);
-    }
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s bench %s", bin, args);
+    return t_run_capture(cmd, out, sizeof out, err, sizeof err);
 }
 
 static double num(json_t *j, const char *key) {

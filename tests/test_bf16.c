@@ -16,6 +16,7 @@
  * than bf16 is (it is ~1e-6, 10^4 x closer), so a bf16 switch that silently did nothing would fail. */
 #include <unistd.h>
 
+#include "golden_models.h"
 #include "harness.h"
 #include "io/safetensors.h"
 #include "models/clip_text.h"
@@ -214,29 +215,11 @@ static void t_vae(void) {
 
 /* ---- the plain SDXL pipeline (golden pipeline_sdxl) ---- */
 
-/* The golden pipeline folders link their components (as link stubs in some checkouts): make a folder
- * of real symlinks to the resolved components (copied from tests/test_generate.c). */
+/* a folder of real symlinks to `golden_pipeline`'s components (golden_models.h) */
 static const char *pipeline_dir(const char *golden_pipeline) {
-    static char dir[4096];
-    static const char *parts[] = {"model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
-                                  "tokenizer_2", "unet", "vae"};
-    snprintf(dir, sizeof dir, "%s/%s", t_tmpdir(), strrchr(golden_pipeline, '/') + 1);
-    mkdir(dir, 0755);
-    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-        char src[4096], rel[8192], dst[8192];
-        snprintf(rel, sizeof rel, "%s/%s", golden_pipeline, parts[i]);
-        t_resolve(rel, src, sizeof src);
-        if (src[0] != '/') {
-            char cwd[2048];
-            if (getcwd(cwd, sizeof cwd))
-                snprintf(rel, sizeof rel, "%s/%s", cwd, src), snprintf(src, sizeof src, "%.4095s", rel);
-        }
-        snprintf(dst, sizeof dst, "%s/%s", dir, parts[i]);
-        unlink(dst);
-        if (symlink(src, dst) != 0)
-            return NULL;
-    }
-    return dir;
+    static char dir[4096], name[512];
+    snprintf(name, sizeof name, "%s%s", "", strrchr(golden_pipeline, '/') + 1);
+    return t_pipeline_dir(golden_pipeline, name, dir, sizeof dir);
 }
 
 typedef struct {
