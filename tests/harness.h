@@ -183,7 +183,7 @@ static inline const char *t_find_on_path(const char *name, char *out, size_t cap
 /* Runs `cmd` (a shell command line) with stdout and stderr captured into out / err (NUL-terminated,
  * truncated to the buffers); returns the exit status, or 128 when it died by a signal. */
 static inline int t_run_capture(const char *cmd, char *out, size_t out_cap, char *err, size_t err_cap) {
-    char o[512], e[512], full[16384];
+    char o[512], e[512], full[40000];
     snprintf(o, sizeof o, "%s/capture.out", t_tmpdir());
     snprintf(e, sizeof e, "%s/capture.err", t_tmpdir());
     snprintf(full, sizeof full, "%s >%s 2>%s", cmd, o, e);
@@ -200,6 +200,42 @@ static inline int t_run_capture(const char *cmd, char *out, size_t out_cap, char
         }
     }
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Small file helpers for tests that build folders at run time: whole-file copy, text write, and text
+ * read (malloc'd, NUL-terminated; NULL when unreadable). */
+static inline void t_copy_file(const char *src, const char *dst) {
+    FILE *a = fopen(src, "rb"), *b = fopen(dst, "wb");
+    char buf[65536];
+    size_t n;
+    while (a && b && (n = fread(buf, 1, sizeof buf, a)) > 0)
+        fwrite(buf, 1, n, b);
+    if (a)
+        fclose(a);
+    if (b)
+        fclose(b);
+}
+
+static inline void t_write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+static inline char *t_read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    if (s)
+        s[fread(s, 1, (size_t)n, f)] = 0;
+    fclose(f);
+    return s;
 }
 
 #endif

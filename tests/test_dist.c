@@ -23,42 +23,8 @@ static int have_bench;
  * run without MPI keeps leak checking on; ASan's other checks stay on everywhere. */
 #define NO_LSAN "env ASAN_OPTIONS=\"$ASAN_OPTIONS:detect_leaks=0\" "
 
-static void copy_file(const char *src, const char *dst) {
-    FILE *a = fopen(src, "rb"), *b = fopen(dst, "wb");
-    char buf[65536];
-    size_t n;
-    while (a && b && (n = fread(buf, 1, sizeof buf, a)) > 0)
-        fwrite(buf, 1, n, b);
-    if (a)
-        fclose(a);
-    if (b)
-        fclose(b);
-}
-
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    if (f) {
-        fputs(text, f);
-        fclose(f);
-    }
-}
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s)
-        s[fread(s, 1, (size_t)n, f)] = 0;
-    fclose(f);
-    return s;
-}
-
 static int same_file(const char *a, const char *b) {
-    char *x = read_text(a), *y = read_text(b);
+    char *x = t_read_text(a), *y = t_read_text(b);
     int same = x && y && !strcmp(x, y);
     free(x), free(y);
     return same;
@@ -80,10 +46,10 @@ static char *run(const char *cmd, int *rc) {
     snprintf(full, sizeof full, "timeout 120 %s >%s 2>%s", cmd, o, e);
     int st = system(full);
     *rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-    char *err = read_text(e);
+    char *err = t_read_text(e);
     snprintf(out_err, sizeof out_err, "%s", err ? err : "");
     free(err);
-    char *out = read_text(o);
+    char *out = t_read_text(o);
     return out ? out : calloc(1, 1);
 }
 
@@ -143,15 +109,15 @@ static void make_bench(void) {
         if (!g)
             return;
         snprintf(p, sizeof p, "%s/%s", bench, dst[i]);
-        copy_file(g, p);
+        t_copy_file(g, p);
     }
     char a[8192];
     snprintf(a, sizeof a, "%s/images/hug_1.png", bench), snprintf(p, sizeof p, "%s/images/hug_2.png", bench);
-    copy_file(a, p);
+    t_copy_file(a, p);
     snprintf(a, sizeof a, "%s/refs/dog.png", bench), snprintf(p, sizeof p, "%s/images/sit_1.png", bench);
-    copy_file(a, p);
+    t_copy_file(a, p);
     snprintf(p, sizeof p, "%s/manifest.json", bench);
-    write_text(p, "{\"root\": \"refs\",\n"
+    t_write_text(p, "{\"root\": \"refs\",\n"
                   " \"subjects\": [{\"name\": \"cat\", \"images\": [\"cat.png\"]},\n"
                   "              {\"name\": \"dog\", \"images\": [\"dog.png\", \"cat.png\"]}],\n"
                   " \"cases\": [{\"id\": \"hug\", \"prompt\": \"A {} is hugging a {}.\", \"subjects\": [\"cat\", \"dog\"]},\n"
@@ -211,7 +177,7 @@ static void t_eval_sharded(void) {
           "2 ranks print what 1 process does, once: rc %d: %s%s", rc, o2, out_err);
     CHECK(outputs_equal("one", "two"), "2 ranks write the same metrics.json, cases.csv, report.html");
     snprintf(p, sizeof p, "%s/two/results.jsonl", t_tmpdir());
-    char *log = read_text(p);
+    char *log = t_read_text(p);
     CHECK(log && count_of(log, "\n") == 6 && count_of(log, "\"case\": \"ride\"") + count_of(log, "\"case\":\"ride\"") == 1,
           "results.jsonl: header + 5 images: %s", log ? log : "(none)");
     CHECK(!exists("two", "results.rank0.jsonl") && !exists("two", "results.rank1.jsonl"), "rank logs merged");
@@ -241,7 +207,7 @@ static void t_eval_sharded(void) {
     CHECK(outputs_equal("one", "three"), "resumed outputs equal the single run's");
     CHECK(!exists("three", "results.rank1.jsonl"), "rank log folded into results.jsonl");
     snprintf(q, sizeof q, "%s/three/results.jsonl", t_tmpdir());
-    char *log3 = read_text(q);
+    char *log3 = t_read_text(q);
     CHECK(log3 && count_of(log3, "\n") == 6, "results.jsonl: header + 5: %s", log3 ? log3 : "");
     free(log3), free(o2), free(log), free(o1);
 }
@@ -261,9 +227,9 @@ static void t_eval_rank_fails(void) {
         snprintf(p, sizeof p, "%s/images/%s", bench, names[i]);
         snprintf(q, sizeof q, "%s/%s", images, names[i]);
         if (i == 2)
-            write_text(q, "not an image");
+            t_write_text(q, "not an image");
         else
-            copy_file(p, q);
+            t_copy_file(p, q);
     }
     int rc;
     char *o = eval(2, "bad", images, &rc);
@@ -271,7 +237,7 @@ static void t_eval_rank_fails(void) {
           "rank 0 reports rank 1's failure: rc %d: %s", rc, out_err);
     CHECK(exists("bad", "results.rank0.jsonl") && !exists("bad", "metrics.json"), "rank 0's scores kept in its log");
     snprintf(p, sizeof p, "%s/bad/results.rank0.jsonl", t_tmpdir());
-    char *log = read_text(p);
+    char *log = t_read_text(p);
     CHECK(log && count_of(log, "\n") == 5, "rank 0 scored hug x2 and sit x2: %s", log ? log : "");
     free(log), free(o);
 }

@@ -16,41 +16,6 @@
 static char bin[4096], root[4096], pipe_dir[4096], adapter[4096], encoder[4096], clip[4096], dino[4096], tok[4096];
 static int have_golden;
 
-static void copy_file(const char *src, const char *dst) {
-    FILE *a = fopen(src, "rb"), *b = fopen(dst, "wb");
-    char buf[65536];
-    size_t n;
-    while (a && b && (n = fread(buf, 1, sizeof buf, a)) > 0)
-        fwrite(buf, 1, n, b);
-    if (a)
-        fclose(a);
-    if (b)
-        fclose(b);
-}
-
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    if (f) {
-        fputs(text, f);
-        fclose(f);
-    }
-}
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s) {
-        s[fread(s, 1, (size_t)n, f)] = 0;
-    }
-    fclose(f);
-    return s;
-}
-
 static int count_of(const char *s, const char *what) {
     int n = 0;
     for (const char *p = s; p && (p = strstr(p, what)); p += strlen(what))
@@ -67,15 +32,15 @@ static void make_bench(void) {
     mkdir(p, 0755);
     const char *g = t_golden_path("clip_metrics/images/ref0_256x192_rgb.png");
     snprintf(p, sizeof p, "%s/refs/cat.png", root);
-    copy_file(g, p);
+    t_copy_file(g, p);
     g = t_golden_path("clip_metrics/images/ref1_160x200_rgb.png");
     snprintf(p, sizeof p, "%s/refs/dog.png", root);
-    copy_file(g, p);
+    t_copy_file(g, p);
     g = t_golden_path("clip_vision/images/img2_224x224_rgb.png");
     snprintf(p, sizeof p, "%s/refs/dog2.png", root);
-    copy_file(g, p);
+    t_copy_file(g, p);
     snprintf(p, sizeof p, "%s/manifest.json", root);
-    write_text(p, "{\"root\": \"refs\",\n"
+    t_write_text(p, "{\"root\": \"refs\",\n"
                   " \"subjects\": [{\"name\": \"cat\", \"images\": [\"cat.png\"], \"phrase\": \"cat\"},\n"
                   "              {\"name\": \"dog\", \"images\": [\"dog.png\", \"dog2.png\"], \"phrase\": \"dog\"}],\n"
                   " \"cases\": [{\"id\": \"hug\", \"prompt\": \"A {} is hugging a {} in front of the mountain.\",\n"
@@ -232,14 +197,14 @@ static void t_generate_resume(void) {
     CHECK(!strcmp(json_string_value(json_object_get(json_object_get(j, "models"), "clip")), clip), "clip path");
     json_decref(j);
     snprintf(path, sizeof path, "%s/cases.csv", out);
-    char *csv = read_text(path);
+    char *csv = t_read_text(path);
     REQUIRE(csv, "cases.csv");
     CHECK(count_of(csv, "\n") == 3 && count_of(csv, "\nhug,42,") == 1 && count_of(csv, "\nride,42,") == 1, "csv rows:\n%s",
           csv);
     CHECK(strstr(csv, ",hugging,cat;dog,") && strstr(csv, ",riding a horse,dog,"), "csv predicate/subjects");
     free(csv);
     snprintf(path, sizeof path, "%s/report.html", out);
-    char *html = read_text(path);
+    char *html = t_read_text(path);
     REQUIRE(html, "report.html");
     CHECK(count_of(html, "<img src=\"thumbs/img_") == 2 && count_of(html, "<img src=\"thumbs/ref_") == 5, "grid images");
     CHECK(strstr(html, "CLIP-R") && strstr(html, "x100") && strstr(html, "</html>"), "metric table");
@@ -260,7 +225,7 @@ static void t_generate_resume(void) {
     for (int k = 0; k < 4; k++)
         CHECK(fabs(raw[k] - want_raw[k]) < 1e-9, "cosine %s: %.9g vs %.9g", names[k], raw[k], want_raw[k]);
     /* the generated PNG carries its generation parameters */
-    char *png = read_text(first);
+    char *png = t_read_text(first);
     CHECK(png && memmem(png, (size_t)st1.st_size, "tEXtparameters", 14), "parameters chunk");
     free(png);
 }
@@ -278,12 +243,12 @@ static void t_relationbench_images(void) {
     mkdir(p, 0755);
     snprintf(p, sizeof p, "%s/refs/cat.png", root);
     snprintf(q, sizeof q, "%s/rb/benchmark/plushie_cat/00.jpg", t_tmpdir()); /* PNG bytes under .jpg */
-    copy_file(p, q);
+    t_copy_file(p, q);
     snprintf(p, sizeof p, "%s/refs/dog.png", root);
     snprintf(q, sizeof q, "%s/rb/benchmark/plushie_cat/01.jpg", t_tmpdir());
-    copy_file(p, q);
+    t_copy_file(p, q);
     snprintf(p, sizeof p, "%s/rb/prompts.json", t_tmpdir());
-    write_text(p, "[{\"sub1\": \"benchmark/plushie_cat\", \"prompt\": \"A plushie cat is hugging a cat in front of "
+    t_write_text(p, "[{\"sub1\": \"benchmark/plushie_cat\", \"prompt\": \"A plushie cat is hugging a cat in front of "
                   "the mountain.\", \"phrase\": \"plushie_cat\", \"model\": \"lora-trained-xl-hugging\"}]");
     rb_eval_manifest m;
     REQUIRE(rb_eval_manifest_load(&m, p, NULL, NULL) == RB_OK, "%s", rb_last_error());
@@ -302,7 +267,7 @@ static void t_relationbench_images(void) {
         snprintf(q, sizeof q, "%s/out_gen/images/%s", t_tmpdir(), i == 2 ? "ride_42.png" : "hug_42.png");
         char d[8192];
         snprintf(d, sizeof d, "%s/%s", imgs, names[i]);
-        copy_file(q, d);
+        t_copy_file(q, d);
     }
     snprintf(out, sizeof out, "%s/out_rb", t_tmpdir());
     rb_eval_params ep;
@@ -326,19 +291,11 @@ static void t_relationbench_images(void) {
 }
 
 /* Runs `relbooth eval -q <args>`; exit status, stderr in err. */
-static char err[8192];
+static char err[8192], out_ignored[4096];
 static int run(const char *args) {
-    char e[512], cmd[16384];
-    snprintf(e, sizeof e, "%s/eval.err", t_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s eval -q %s >/dev/null 2>%s", bin, args, e);
-    int st = system(cmd);
-    err[0] = 0;
-    FILE *f = fopen(e, "rb");
-    if (f) {
-        err[fread(err, 1, sizeof err - 1, f)] = 0;
-        fclose(f);
-    }
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "%s eval -q %s", bin, args);
+    return t_run_capture(cmd, out_ignored, sizeof out_ignored, err, sizeof err);
 }
 
 static int one_line(const char *prefix) {
@@ -358,17 +315,17 @@ static void t_bad_input(void) {
     CHECK(run("x.json -o o --clip c --generate") == 1, "--generate without --model");
     /* missing reference image */
     snprintf(m, sizeof m, "%s/missing_ref.json", dir);
-    write_text(m, "{\"subjects\": [{\"name\": \"cat\", \"images\": [\"nope/cat.png\"]}],"
+    t_write_text(m, "{\"subjects\": [{\"name\": \"cat\", \"images\": [\"nope/cat.png\"]}],"
                   " \"cases\": [{\"id\": \"c1\", \"prompt\": \"A {} is sleeping.\", \"subjects\": [\"cat\"]}]}");
     snprintf(args, sizeof args, "%s -o %s/o --clip x --images %s", m, dir, dir);
     CHECK(run(args) == 2 && one_line("relbooth eval: case c1: reference image") && strstr(err, "nope/cat.png"),
           "missing reference: %s", err);
     /* empty benchmark, both forms */
     snprintf(m, sizeof m, "%s/empty.json", dir);
-    write_text(m, "{\"subjects\": [], \"cases\": []}");
+    t_write_text(m, "{\"subjects\": [], \"cases\": []}");
     snprintf(args, sizeof args, "%s -o %s/o --clip x --images %s", m, dir, dir);
     CHECK(run(args) == 2 && one_line("relbooth eval: manifest ") && strstr(err, "no cases"), "empty: %s", err);
-    write_text(m, "[]");
+    t_write_text(m, "[]");
     CHECK(run(args) == 2 && one_line("relbooth eval: manifest ") && strstr(err, "no cases"), "empty list: %s", err);
     if (!have_golden)
         return;
@@ -379,7 +336,7 @@ static void t_bad_input(void) {
              " \"cases\": [{\"id\": \"ok\", \"prompt\": \"A {} is sleeping.\", \"subjects\": [\"cat\"]},"
              " {\"id\": \"hug2\", \"prompt\": \"A {} is hugging a {}.\", \"subjects\": [\"cat\"]}]}",
              root);
-    write_text(m, args);
+    t_write_text(m, args);
     snprintf(args, sizeof args, "%s -o %s/o --clip x --images %s", m, dir, dir);
     CHECK(run(args) == 2 && one_line("relbooth eval: case hug2: prompt has 2 {} slot(s) but 1 subject(s)"),
           "slots: %s", err);
@@ -387,7 +344,7 @@ static void t_bad_input(void) {
     snprintf(m, sizeof m, "%s/rbbad.json", dir);
     snprintf(args, sizeof args, "[{\"sub1\": \"benchmark/plushie_cat\", \"prompt\": \"A dog is kissing a cat.\", "
                                 "\"phrase\": \"plushie_cat\"}]");
-    write_text(m, args);
+    t_write_text(m, args);
     snprintf(args, sizeof args, "%s --root %s/rb -o %s/o --clip x --images %s", m, t_tmpdir(), dir, dir);
     CHECK(run(args) == 2 && one_line("relbooth eval: case 001_plushie_cat: the subject") && strstr(err, "prompt"),
           "subject not in prompt: %s", err);
