@@ -154,7 +154,8 @@ static rb_tensor *transformer(rb_ctx *c, const rb_unet *m, const rb_unet_transfo
         h = rb_linear(c, h, t->proj_in_w, t->proj_in_b);
     for (int k = 0; k < t->depth; k++) {
         if (!(recompute && c->tape)) {
-            h = tblock(c, &t->blocks[k], procs, h, ehs, H, W);
+            size_t mk = rb_arena_mark(c->arena); /* inference: drop the block's scratch (keep is a no-op on a tape) */
+            h = keep(c, mk, tblock(c, &t->blocks[k], procs, h, ehs, H, W));
             continue;
         }
         /* the job must live until backward: it goes below the block's own allocations in the arena */

@@ -114,8 +114,11 @@ rb_status linear_forward(rb_arena *scratch, float *out, const float *inp, const 
                          const float *bias, int64_t M, int64_t K, int64_t N, rb_dtype compute, int frozen) {
     rb_gemm g;
     gemm_2d(&g, RB_F32, M, K, K, 1, wdt, N, 1, K); /* weight [N, K] read as its transpose [K, N] */
-    /* let oneDNN pick the weight layout when the weight is converted anyway or the copy is cached */
-    int flags = (frozen ? RB_GEMM_B_FROZEN | RB_GEMM_B_ANY : 0) | (wdt != compute ? RB_GEMM_B_ANY : 0);
+    /* A weight already in the compute dtype is read in place: oneDNN's matmul packs the plain [N, K]
+     * operand itself, as fast as from a pre-blocked copy at our shapes (bench unet: 9.6 s vs 9.8 s)
+     * and without a second copy of every weight. Only a dtype conversion is cached (frozen weights)
+     * or done per call, in the layout oneDNN prefers. */
+    int flags = wdt != compute ? RB_GEMM_B_ANY | (frozen ? RB_GEMM_B_FROZEN : 0) : 0;
     return rb_gemm_run(scratch, out, inp, weight, bias, &g, compute, flags);
 }
 
