@@ -1,8 +1,8 @@
 /* rb_linear and rb_matmul on oneDNN matmul (src/ops/dnnl.c does the caching and reorders).
  *
  * Forward computes in c->matmul_dtype: in bf16 mode a reorder converts the f32 activations into
- * bf16 scratch and the weights are used in bf16 (f32 or f16 weights converted, and for frozen
- * weights the converted, oneDNN-preferred layout is cached). Backward is f32 throughout. */
+ * bf16 scratch and the weights are used in bf16 (bf16 weights in place; f32 or f16 weights converted,
+ * and for frozen weights the converted, oneDNN-preferred layout is cached). Backward is f32 throughout. */
 #include "linear.h"
 
 #include <string.h>
