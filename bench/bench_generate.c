@@ -201,7 +201,7 @@ static void peak_child(void *arg, child_out *out) {
     rb_arena ar;
     rb_status s = rb_arena_init(&ar, (size_t)64 << 20, "bench arena");
     if (s == RB_OK) {
-        s = bench_peak_gflops(&ar, o->dt, 10, &out->value);
+        s = bench_peak_gflops(&ar, o->dt, o->tiny ? 2 : 10, &out->value);
         rb_arena_free(&ar);
     }
     out->ok = s == RB_OK;
