@@ -623,8 +623,11 @@ static rb_status adapter(gen *G, const char *path, const rb_unet *skel) {
         names[i] = l.e[i].name;
     if (s == RB_OK)
         s = rb_demo_write_adapter(path, l.n, names, (const rb_tensor *const *)ts);
+    double bytes = 0;
+    for (int i = 0; s == RB_OK && i < l.n; i++)
+        bytes += (double)rb_nbytes(ts[i]);
     if (G->o->progress)
-        G->o->progress(G->o->user, path, 1, 1);
+        G->o->progress(G->o->user, path, bytes, bytes);
     free_tensors(ts, l.n);
     rb_free(names);
     wl_free(&l);
