@@ -49,6 +49,7 @@ typedef struct child_out {
     rb_gen_report rep;
     double value;          /* writer: seconds; peak: GFLOP/s */
     double stage_mib[5];   /* VmHWM per stage: text (+ adapter, LoRA load), image, UNet load, denoise, decode */
+    double anon_mib[5], file_mib[5]; /* RssAnon / RssFile at the end of those stages */
     double peak_rss_mib;   /* filled by the parent from wait4 */
 } child_out;
 
@@ -69,18 +70,22 @@ static double load1(void) {
     return l;
 }
 
-/* VmHWM of this process in MiB (-1 if unreadable), and its reset (Linux >= 4.0: clear_refs 5). */
-static double hwm_mib(void) {
+/* A field of /proc/self/status in MiB (-1 if unreadable): VmHWM (peak RSS since the last reset),
+ * RssAnon (allocations), RssFile (mapped checkpoint pages). */
+static double status_mib(const char *key) {
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
     double v = -1;
+    size_t n = strlen(key);
     while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6))
-            v = atof(line + 6) / 1024.0;
+        if (!strncmp(line, key, n) && line[n] == ':')
+            v = atof(line + n + 1) / 1024.0;
     if (f)
         fclose(f);
     return v;
 }
+
+static double hwm_mib(void) { return status_mib("VmHWM"); }
 
 static void hwm_reset(void) {
     FILE *f = fopen("/proc/self/clear_refs", "w");
@@ -219,21 +224,29 @@ typedef struct gen_arg {
     int quiet;
 } gen_arg;
 
+/* Stage boundaries as rb_generate reports them. A stage's models are released after its last progress
+ * call, so the high-water mark is reset at the next stage's first call (image 0: the text encoders
+ * are gone; decode 0: the UNet is gone), except before the UNet load, which has no call of its own. */
+static void mark(gen_arg *g, int slot) {
+    g->out->stage_mib[slot] = hwm_mib();
+    g->out->anon_mib[slot] = status_mib("RssAnon");
+    g->out->file_mib[slot] = status_mib("RssFile");
+}
+
 static void gen_progress(void *user, const char *stage, int done, int total) {
     gen_arg *g = user;
-    int slot = -1;
     if (!strcmp(stage, "text") && done == total)
-        slot = 0;
-    else if (!strcmp(stage, "image") && done == total)
-        slot = 1;
-    else if (!strcmp(stage, "denoise") && done == 0)
-        slot = 2; /* the UNet is loaded */
-    else if (!strcmp(stage, "denoise") && done == total)
-        slot = 3;
-    if (slot >= 0) {
-        g->out->stage_mib[slot] = hwm_mib();
+        mark(g, 0), hwm_reset();
+    else if (!strcmp(stage, "image") && done == 0)
         hwm_reset();
-    }
+    else if (!strcmp(stage, "image") && done == total)
+        mark(g, 1), hwm_reset();
+    else if (!strcmp(stage, "denoise") && done == 0)
+        mark(g, 2), hwm_reset(); /* the UNet is loaded */
+    else if (!strcmp(stage, "denoise") && done == total)
+        mark(g, 3);
+    else if (!strcmp(stage, "decode") && done == 0)
+        hwm_reset();
     if (!g->quiet) {
         fprintf(stderr, "\r  %s subjects %d: %-8s %d/%d   ", g->subjects ? "with" : "no", g->subjects, stage, done, total);
         if (!strcmp(stage, "decode"))
@@ -276,7 +289,7 @@ static void gen_child(void *arg, child_out *out) {
     hwm_reset();
     rb_image im;
     rb_status s = rb_generate(&p, &im);
-    out->stage_mib[4] = hwm_mib();
+    mark(g, 4);
     if (s == RB_OK)
         rb_image_free(&im);
     out->rep = rep;
@@ -422,7 +435,7 @@ int bench_generate_main(int argc, char **argv) {
         double eff = r->step_s > 0 && pk.value > 0 ? gf / r->step_s / pk.value : 0;
         double eff0 = q->step_s > 0 && pk.value > 0 ? gf0 / q->step_s / pk.value : 0;
         double over = q->step_s > 0 ? r->step_s / q->step_s - 1 : NAN;
-        const double *sm = run[0].stage_mib;
+        const double *sm = run[0].stage_mib, *an = run[0].anon_mib, *fi = run[0].file_mib, *pm = run[1].stage_mib;
         if (o.json) {
             printf("{\"suite\": \"generate\", \"size\": %d, \"subjects\": %d, \"steps\": %d, \"threads\": %d, "
                    "\"dtype\": \"%s\", \"local_tokens\": false, \"seconds\": %.3f, \"text_s\": %.3f, \"image_s\": %.3f, "
@@ -430,11 +443,14 @@ int bench_generate_main(int argc, char **argv) {
                    "\"plain_seconds\": %.3f, \"plain_step_s\": %.3f, \"masked_overhead\": %.4f, \"gflop_step\": %.6f, "
                    "\"plain_gflop_step\": %.6f, \"peak_gflops\": %.1f, \"efficiency\": %.4f, \"plain_efficiency\": %.4f, "
                    "\"peak_rss_mib\": %.1f, \"plain_peak_rss_mib\": %.1f, \"stage_peak_rss_mib\": {\"text\": %.1f, "
-                   "\"image\": %.1f, \"unet_load\": %.1f, \"denoise\": %.1f, \"decode\": %.1f}, \"write_s\": %.1f, "
+                   "\"image\": %.1f, \"unet_load\": %.1f, \"denoise\": %.1f, \"decode\": %.1f}, "
+                   "\"stage_end_anon_mib\": [%.0f, %.0f, %.0f, %.0f, %.0f], \"stage_end_file_mib\": [%.0f, %.0f, %.0f, %.0f, %.0f], "
+                   "\"plain_stage_peak_rss_mib\": [%.0f, %.0f, %.0f, %.0f, %.0f], \"write_s\": %.1f, "
                    "\"writer_peak_rss_mib\": %.1f, \"models_reused\": %s, \"load1\": %.2f}\n",
                    o.size, o.subjects, o.steps, o.threads, rb_dtype_name(o.dt), r->total_s, r->text_s, r->image_s,
                    r->unet_s, r->denoise_s, r->step_s, r->decode_s, q->total_s, q->step_s, over, gf, gf0, pk.value, eff,
-                   eff0, run[0].peak_rss_mib, run[1].peak_rss_mib, sm[0], sm[1], sm[2], sm[3], sm[4], w.value,
+                   eff0, run[0].peak_rss_mib, run[1].peak_rss_mib, sm[0], sm[1], sm[2], sm[3], sm[4], an[0], an[1], an[2],
+                   an[3], an[4], fi[0], fi[1], fi[2], fi[3], fi[4], pm[0], pm[1], pm[2], pm[3], pm[4], w.value,
                    w.peak_rss_mib, reused ? "true" : "false", load1());
         } else {
             printf("bench generate: %dx%d, %d subjects (boxes side by side), %d steps, %s compute, %d threads; local "
