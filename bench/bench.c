@@ -141,6 +141,9 @@ rb_status bench_peak_gflops(rb_arena *ar, rb_dtype dt, int reps, double *out) {
 static int usage(FILE *f) {
     fprintf(f, "usage: relbooth bench ops|eval [--json] [-t threads] [-r reps]\n"
                "       relbooth bench unet|vae|text|open ... (full-size SDXL models; `bench unet --help`)\n"
+               "       relbooth bench train ... (one RelationLoRA training step; `bench train --help`)\n"
+               "       relbooth bench generate [--size 1024] [--subjects 2] [--steps 2] [--keep DIR] [--json] (the whole\n"
+               "         generate path on a full-size random model set written to disk; `bench generate --help`)\n"
                "  eval: time to score one 1024x1024 image with CLIP ViT-L/14 and DINO ViT-S/16 (random full-size\n"
                "  weights), f32 and bf16\n"
                "  measures this machine's oneDNN f32/bf16 GEMM peak and the GFLOP/s of matmul, conv and\n"
@@ -184,8 +187,10 @@ int cmd_bench(int argc, char **argv) {
         return bench_models(argc, argv);
     if (!strcmp(argv[1], "train"))
         return bench_train_main(argc, argv);
+    if (!strcmp(argv[1], "generate"))
+        return bench_generate_main(argc, argv);
     if (strcmp(argv[1], "ops") && strcmp(argv[1], "eval")) {
-        fprintf(stderr, "relbooth bench: unknown suite '%s' (have: ops, eval, unet, vae, text, open, train)\n", argv[1]);
+        fprintf(stderr, "relbooth bench: unknown suite '%s' (have: ops, eval, unet, vae, text, open, train, generate)\n", argv[1]);
         return RB_EXIT_USAGE;
     }
     for (int i = 2; i < argc; i++) {

@@ -8,6 +8,14 @@
  * reordered once, best of `reps` after a warm-up. */
 rb_status bench_peak_gflops(rb_arena *ar, rb_dtype dt, int reps, double *out);
 
+/* FLOPs of one SDXL UNet forward (bench_models.c; docs/bench.md): batch B, latent H x W, L text tokens,
+ * I image tokens per cross-attention (MS-Diffusion's masked image attention; 0 for plain SDXL). */
+typedef struct rb_unet rb_unet;
+double bench_unet_flops(const rb_unet *m, double B, double H, double W, double L, double I);
+
+/* `relbooth bench generate ...` (bench_generate.c). */
+int bench_generate_main(int argc, char **argv);
+
 /* `relbooth bench unet|vae|text|open ...` (argv[1] is the suite). */
 int bench_models(int argc, char **argv);
 

@@ -302,23 +302,26 @@ static double resnet_fl(const rb_unet_resnet *r, double B, double H, double W, d
 }
 /* Transformer2DModel at N = H*W tokens, context of L tokens of width X:
  *   proj_in + proj_out 4NC^2; per block: attn1 q,k,v,out 8NC^2 + q k^T and P v 4N^2C;
- *   attn2 q,out 4NC^2 + k,v 4LXC + 4NLC; GEGLU ff C->8C->(4C)->C 24NC^2 */
-static double transformer_fl(const rb_unet_transformer *t, double B, double N, double L, double X) {
+ *   attn2 q,out 4NC^2 + k,v 4LXC + 4NLC; GEGLU ff C->8C->(4C)->C 24NC^2;
+ *   MS-Diffusion's masked image attention in attn2 (I image tokens): to_k_ip, to_v_ip 4IXC + 4NIC */
+static double transformer_fl(const rb_unet_transformer *t, double B, double N, double L, double X, double I) {
     double C = t->channels;
-    double blk = 8 * N * C * C + 4 * N * N * C + 4 * N * C * C + 4 * L * X * C + 4 * N * L * C + 24 * N * C * C;
+    double blk = 8 * N * C * C + 4 * N * N * C + 4 * N * C * C + 4 * L * X * C + 4 * N * L * C + 24 * N * C * C +
+                 4 * I * X * C + 4 * N * I * C;
     return B * (4 * N * C * C + t->depth * blk);
 }
-static double block_fl(const rb_unet_block *b, double B, double H, double W, double T, double L, double X) {
+static double block_fl(const rb_unet_block *b, double B, double H, double W, double T, double L, double X,
+                       double I) {
     double f = 0;
     for (int j = 0; j < b->n_layers; j++) {
         f += resnet_fl(&b->resnets[j], B, H, W, T);
         if (b->has_attn)
-            f += transformer_fl(&b->attns[j], B, H * W, L, X);
+            f += transformer_fl(&b->attns[j], B, H * W, L, X, I);
     }
     return f;
 }
 
-static double unet_flops(const rb_unet *m, double B, double H, double W, double L) {
+double bench_unet_flops(const rb_unet *m, double B, double H, double W, double L, double I) {
     const rb_unet_config *c = &m->cfg;
     double T = c->time_embed_dim, X = c->cross_attention_dim, f = 0;
     f += 2.0 * B * (c->block_out[0] * T + T * T);
@@ -327,8 +330,8 @@ static double unet_flops(const rb_unet *m, double B, double H, double W, double 
     f += conv_fl(B, c->in_channels, c->block_out[0], 3, H, W);
     double h = H, w = W;
     for (int i = 0; i < c->n_blocks; i++) {
-        f += block_fl(&m->down[i], B, h, w, T, L, X);
-        if (m->down[i].sampler_w) {
+        f += block_fl(&m->down[i], B, h, w, T, L, X, I);
+        if (i < c->n_blocks - 1) { /* every block but the last downsamples (also in a weightless skeleton) */
             h /= 2, w /= 2;
             f += conv_fl(B, c->block_out[i], c->block_out[i], 3, h, w); /* stride 2: output resolution */
         }
@@ -336,10 +339,10 @@ static double unet_flops(const rb_unet *m, double B, double H, double W, double 
     /* mid: resnet, transformer, resnet */
     f += resnet_fl(&m->mid.resnets[0], B, h, w, T) + resnet_fl(&m->mid.resnets[1], B, h, w, T);
     if (c->mid_attn)
-        f += transformer_fl(&m->mid.attns[0], B, h * w, L, X);
+        f += transformer_fl(&m->mid.attns[0], B, h * w, L, X, I);
     for (int i = 0; i < c->n_blocks; i++) {
-        f += block_fl(&m->up[i], B, h, w, T, L, X);
-        if (m->up[i].sampler_w) {
+        f += block_fl(&m->up[i], B, h, w, T, L, X, I);
+        if (i < c->n_blocks - 1) {
             h *= 2, w *= 2;
             f += conv_fl(B, m->up[i].channels, m->up[i].channels, 3, h, w);
         }
@@ -428,7 +431,7 @@ static int bench_unet(const opts *o) {
             printf("SDXL UNet%s, latent %dx%d, batch %d, weights %.0f MiB (built in %.1f s), oneDNN weight cache %.0f MiB\n",
                    o->tiny ? " (tiny)" : "", (int)Lat, (int)Lat, (int)B, (double)p.bytes / (1 << 20), build_s,
                    (double)rb_dnnl_weight_cache_bytes() / (1 << 20));
-        report(o, "unet", best, best_cpu, unet_flops(&m, (double)B, (double)Lat, (double)Lat, (double)Lctx) * 1e-9, peak, extra);
+        report(o, "unet", best, best_cpu, bench_unet_flops(&m, (double)B, (double)Lat, (double)Lat, (double)Lctx, 0) * 1e-9, peak, extra);
     }
     rb_tensor *ins[5] = {&x, &ts, &ehs, &te, &ti};
     for (int i = 0; i < 5; i++)

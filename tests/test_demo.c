@@ -159,6 +159,22 @@ static void t_torch_write(void) {
     }
     rb_torch_close(&f);
     CHECK(rb_torch_write(path, "w", 1, (rb_torch_item[]){{NULL, NULL, &ta, 0}}) == RB_ERR_INVALID, "unnamed");
+    /* bf16 and f16 tensors keep their dtype (BFloat16Storage / HalfStorage), bits unchanged */
+    static uint16_t h16[2][6];
+    for (int k = 0; k < 6; k++)
+        h16[0][k] = rb_f32_to_bf16(a[k]), h16[1][k] = (uint16_t)(0x3C00 + 17 * k); /* f16 1.0, 1.0166, ... */
+    rb_tensor tbf = rb_tensor_wrap(h16[0], RB_BF16, 2, (int64_t[]){2, 3});
+    rb_tensor thf = rb_tensor_wrap(h16[1], RB_F16, 1, (int64_t[]){6});
+    REQUIRE(rb_torch_write(path, "w", 2, (rb_torch_item[]){{"sd", "bf", &tbf, 0}, {NULL, "hf", &thf, 1}}) == RB_OK,
+            "write bf16/f16: %s", rb_last_error());
+    REQUIRE(rb_torch_open(&f, path) == RB_OK, "open: %s", rb_last_error());
+    const rb_tensor *gb = rb_torch_get(&f, "sd.bf"), *gh = rb_torch_get(&f, "hf");
+    CHECK(gb && gb->dtype == RB_BF16 && gb->ndim == 2 && gb->shape[1] == 3 && !memcmp(gb->data, h16[0], 12), "bf16");
+    CHECK(gh && gh->dtype == RB_F16 && gh->ndim == 1 && !memcmp(gh->data, h16[1], 12), "f16");
+    rb_torch_close(&f);
+    static int64_t ints[2];
+    rb_tensor ti = rb_tensor_wrap(ints, RB_I64, 1, (int64_t[]){2});
+    CHECK(rb_torch_write(path, "w", 1, (rb_torch_item[]){{NULL, "i", &ti, 0}}) == RB_ERR_INVALID, "i64 refused");
 }
 
 int main(int argc, char **argv) {

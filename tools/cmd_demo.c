@@ -64,7 +64,7 @@ static void triangle(uint8_t *px, int W, int H, const float v[6], const uint8_t 
         }
 }
 
-static rb_status draw_subject(const char *path, int bear) {
+rb_status rb_demo_draw_subject(const char *path, int bear) {
     enum { S = 128 };
     rb_image img = {.width = S, .height = S, .channels = 3, .format = RB_IMG_PNG};
     img.data = rb_alloc(3 * S * S, "subject image");
@@ -149,8 +149,8 @@ int cmd_demo(int argc, char **argv) {
     char cat[4200], bear[4200], png[4200], model[4200], adapter[4200], enc[4200], lora[4200];
     snprintf(cat, sizeof cat, "%s/cat.png", out);
     snprintf(bear, sizeof bear, "%s/bear.png", out);
-    if (s == RB_OK && (s = draw_subject(cat, 0)) == RB_OK)
-        s = draw_subject(bear, 1);
+    if (s == RB_OK && (s = rb_demo_draw_subject(cat, 0)) == RB_OK)
+        s = rb_demo_draw_subject(bear, 1);
     if (s != RB_OK)
         return cli_fail("demo");
     clock_gettime(CLOCK_MONOTONIC, &t1);

@@ -89,7 +89,7 @@ static void tensor(buf *b, int key, const rb_tensor *t) {
     op(b, '(');
     op(b, '(');
     str(b, "storage");
-    global(b, "torch", "FloatStorage");
+    global(b, "torch", t->dtype == RB_BF16 ? "BFloat16Storage" : t->dtype == RB_F16 ? "HalfStorage" : "FloatStorage");
     str(b, k);
     str(b, "cpu");
     integer(b, rb_numel(t));
@@ -204,8 +204,9 @@ rb_status rb_torch_write(const char *path, const char *prefix, int n, const rb_t
     if (n < 0 || n > 60000 || strlen(prefix) > 200)
         return rb_error(RB_ERR_INVALID, "%s: %d tensors, prefix '%.40s'", path, n, prefix);
     for (int i = 0; i < n; i++)
-        if (!items[i].t || items[i].t->dtype != RB_F32 || !items[i].key)
-            return rb_error(RB_ERR_INVALID, "%s: item %d is not a named f32 tensor", path, i);
+        if (!items[i].t || !items[i].key ||
+            (items[i].t->dtype != RB_F32 && items[i].t->dtype != RB_BF16 && items[i].t->dtype != RB_F16))
+            return rb_error(RB_ERR_INVALID, "%s: item %d is not a named f32/bf16/f16 tensor", path, i);
     buf b = {0};
     op(&b, 0x80), op(&b, 2);
     op(&b, '}');
@@ -255,8 +256,8 @@ rb_status rb_torch_write(const char *path, const char *prefix, int n, const rb_t
     rb_free(b.p);
     for (int i = 0; i < n && z.s == RB_OK; i++) {
         rb_tensor c = {0};
-        rb_status s = rb_tensor_alloc(&c, RB_F32, items[i].t->ndim, items[i].t->shape, "torch.save copy");
-        if (s == RB_OK && (s = rb_tensor_copy(&c, items[i].t)) == RB_OK) { /* contiguous; f32 LE on x86 */
+        rb_status s = rb_tensor_alloc(&c, items[i].t->dtype, items[i].t->ndim, items[i].t->shape, "torch.save copy");
+        if (s == RB_OK && (s = rb_tensor_copy(&c, items[i].t)) == RB_OK) { /* contiguous, little-endian on x86 */
             snprintf(name, sizeof name, "%s/data/%d", prefix, i);
             zrecord(&z, name, c.data, rb_nbytes(&c));
         }
