@@ -275,9 +275,11 @@ static rb_status setup(bench_state *B, const bench_opts *o) {
     rb_adam_config_init(&ac);
     ac.lr = 1e-4;
     RB_TRY(rb_adam_init(&B->opt, &ac, B->n_params, B->params));
-    /* arenas: reserved, touched only as used (so RSS shows what a step really needs) */
+    /* arenas: reserved, touched only as used (so RSS shows what a step really needs); the high-water
+     * marks are reported. Recomputing: 16 GiB at 1024 px (measured high-water: docs/bench-train.md) */
     double px = (double)o->size * o->size / (1024.0 * 1024.0);
-    size_t ab = o->tiny ? (size_t)256 << 20 : (size_t)fmax(1024.0 * (1 << 20), px * 40.0 * (1 << 30));
+    size_t ab = o->tiny ? (size_t)256 << 20
+                        : (size_t)fmax(1024.0 * (1 << 20), px * (o->recompute ? 16.0 : 40.0) * (1 << 30));
     RB_TRY(rb_arena_init(&B->keep, (size_t)64 << 20, "bench keep"));
     RB_TRY(rb_arena_init(&B->work, ab, "bench activations"));
     RB_TRY(rb_arena_init(&B->gradarena, ab / 2, "bench gradients"));
@@ -483,21 +485,22 @@ int bench_train_main(int argc, char **argv) {
         if (o.json)
             printf("{\"suite\": \"train\", \"model\": \"%s\", \"size\": %d, \"batch\": 1, \"seconds\": %.3f, "
                    "\"forward_s\": %.3f, \"backward_s\": %.3f, \"optimizer_s\": %.4f, \"peak_rss_mib\": %.1f, "
-                   "\"weights_mib\": %.1f, \"recompute\": %s, \"cal\": %s, \"matmul_dtype\": \"%s\", \"threads\": %d, "
+                   "\"weights_mib\": %.1f, \"activations_peak_mib\": %.1f, \"grads_peak_mib\": %.1f, \"recompute\": %s, \"cal\": %s, \"matmul_dtype\": \"%s\", \"threads\": %d, "
                    "\"reps\": %d, \"warmup\": %d, \"lora_params\": %d, \"cal_maps\": %d, \"loss\": %.6g, "
                    "\"mse\": %.6g, \"kml\": %s, \"cal_loss\": %s, \"grad_norm\": %.6g}\n",
                    o.tiny ? "tiny" : "sdxl", o.size, best_total, best.fwd, best.bwd, best.opt, rss, wmib,
-                   o.recompute ? "true" : "false", o.cal ? "true" : "false", dt, o.threads, o.reps, o.warmup, B->n_params,
+                   B->work.peak / 1048576.0, B->gradarena.peak / 1048576.0, o.recompute ? "true" : "false", o.cal ? "true" : "false", dt, o.threads, o.reps, o.warmup, B->n_params,
                    best.n_maps, best.loss, best.mse, fmt_opt(best.kml, b1), fmt_opt(best.cal, b2), sqrt(best.grad_sq));
         else
             printf("train step %s %dx%d batch 1 (%s forward, %s, %d threads): %.2f s (forward+loss %.2f, backward %.2f, "
-                   "AdamW %.3f), best of %d after %d warm-up\npeak RSS %.0f MiB (UNet weights %.0f MiB; setup %.1f s); "
+                   "AdamW %.3f), best of %d after %d warm-up\npeak RSS %.0f MiB (UNet weights %.0f MiB, arena high-water: activations "
+                   "%.0f MiB, gradients %.0f MiB; setup %.1f s); "
                    "loss %.6g (mse %.6g, kml %s, cal %s, %d CAL maps), LoRA grad norm %.4g\n",
                    o.tiny ? "tiny UNet" : "SDXL UNet", o.size, o.size, dt,
                    o.cal ? (o.recompute ? "CAL on, recompute" : "CAL on, no recompute")
                          : (o.recompute ? "no CAL, recompute" : "no CAL, no recompute"),
                    o.threads, best_total, best.fwd, best.bwd,
-                   best.opt, o.reps, o.warmup, rss, wmib, setup_s, best.loss, best.mse, fmt_opt(best.kml, b1),
+                   best.opt, o.reps, o.warmup, rss, wmib, B->work.peak / 1048576.0, B->gradarena.peak / 1048576.0, setup_s, best.loss, best.mse, fmt_opt(best.kml, b1),
                    fmt_opt(best.cal, b2), best.n_maps, sqrt(best.grad_sq));
     }
     teardown(B);

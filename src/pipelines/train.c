@@ -373,10 +373,11 @@ static rb_status setup(trainer *T) {
     RB_TRY(rb_relation_dataset_open(&T->ds, p->data, &o));
     if (T->ds.n_items < 1)
         return rb_error(RB_ERR_INVALID, "%s: no samples", p->data);
-    /* default: 24 GiB reserved at 1024 px, scaled with the pixel count (address space: pages are touched only
-     * as used, and with the blocks recomputed a step uses far less; docs/bench-train.md) */
+    /* default: 12 GiB of activations (+ 6 GiB of gradients) reserved at 1024 px, scaled with the pixel
+     * count; pages are touched only as used. With the blocks recomputed the bench's step reaches 0.9 + 0.8
+     * GiB at 512 px, ~4x that at 1024 (docs/bench-train.md). */
     double px = (double)p->resolution * p->resolution / (1024.0 * 1024.0);
-    size_t ab = p->arena_bytes ? p->arena_bytes : (size_t)fmax(512.0 * (1 << 20), px * 24.0 * (1 << 30));
+    size_t ab = p->arena_bytes ? p->arena_bytes : (size_t)fmax(512.0 * (1 << 20), px * 12.0 * (1 << 30));
     RB_TRY(rb_arena_init(&T->keep, (size_t)256 << 20, "train keep"));
     RB_TRY(rb_arena_init(&T->work, ab, "train activations"));
     RB_TRY(rb_arena_init(&T->grads, ab / 2, "train gradients"));
