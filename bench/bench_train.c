@@ -1,4 +1,4 @@
-/* `relbooth bench train [--size 512] [--json] [--no-cal] [--f32] [-t threads] [-r reps] [--warmup n]`:
+/* `relbooth bench train [--size 512] [--json] [--no-cal] [--no-recompute] [--f32] [-t threads] [-r reps] [--warmup n]`:
  * the time of one RelationLoRA training step at batch 1, as `relbooth train` runs it, on a full-size
  * SDXL UNet with random weights (no files needed):
  *
@@ -10,9 +10,10 @@
  * Weights: matrices and convolutions bf16 (what an fp16/bf16 checkpoint loads as, ~5 GB), norms and
  * biases f32, filled by a counter hash: uniform with variance 1/fan_in (norm weights 1, biases 0).
  * Forward matmuls/convs run in c->matmul_dtype (bf16 by default; backward is f32 throughout, and the
- * fused attention falls back to f32 when taped). Without CAL (--no-cal) the UNet recomputes each
- * transformer block in backward (rb_unet_in.recompute) as `relbooth train` does for the paper recipe;
- * with CAL the predicate maps are made inside the blocks, so the whole forward stays on the tape.
+ * fused attention falls back to f32 when taped). As `relbooth train` does, the UNet recomputes each
+ * transformer block in backward (rb_unet_in.recompute), with CAL too: each stored layer's CAL term is
+ * computed inside its block (in-block CAL, relation_loss.h). --no-recompute keeps the whole forward
+ * on the tape instead (for comparison).
  *
  * Reported: the best step time of `reps` timed steps after `warmup` untimed ones, split into
  * forward (+loss) / backward / optimizer, and the process's peak RSS (getrusage). --tiny swaps in a
@@ -167,7 +168,7 @@ static void config_sdxl(rb_unet_config *c, int tiny) {
 /* ---- the bench ---- */
 
 typedef struct bench_opts {
-    int size, json, tiny, cal, threads, reps, warmup;
+    int size, json, tiny, cal, recompute, threads, reps, warmup;
     rb_dtype mm;
 } bench_opts;
 
@@ -274,9 +275,11 @@ static rb_status setup(bench_state *B, const bench_opts *o) {
     rb_adam_config_init(&ac);
     ac.lr = 1e-4;
     RB_TRY(rb_adam_init(&B->opt, &ac, B->n_params, B->params));
-    /* arenas: reserved, touched only as used (so RSS shows what a step really needs) */
+    /* arenas: reserved, touched only as used (so RSS shows what a step really needs); the high-water
+     * marks are reported. Recomputing: 16 GiB at 1024 px (measured high-water: docs/bench-train.md) */
     double px = (double)o->size * o->size / (1024.0 * 1024.0);
-    size_t ab = o->tiny ? (size_t)256 << 20 : (size_t)fmax(1024.0 * (1 << 20), px * 40.0 * (1 << 30));
+    size_t ab = o->tiny ? (size_t)256 << 20
+                        : (size_t)fmax(1024.0 * (1 << 20), px * (o->recompute ? 16.0 : 40.0) * (1 << 30));
     RB_TRY(rb_arena_init(&B->keep, (size_t)64 << 20, "bench keep"));
     RB_TRY(rb_arena_init(&B->work, ab, "bench activations"));
     RB_TRY(rb_arena_init(&B->gradarena, ab / 2, "bench gradients"));
@@ -359,13 +362,14 @@ static rb_status one_step(bench_state *B, const bench_opts *o, step_result *r) {
     if (!o->cal)
         lc.w_cal = 0.0f;
     rb_rel_attn_call call = {.ms = {.adapter = &B->ad, .n_subjects = N_SUBJ, .boxes = boxes, .scale = 1.0f},
-                             .pred_span = o->cal ? span : NULL, .max_hw = lc.cal_max_hw};
+                             .pred_span = o->cal ? span : NULL, .max_hw = lc.cal_max_hw,
+                             .segmaps = o->cal ? seg : NULL};
     rb_rel_procs(&B->unet, &call, B->procs);
     rb_status s = RB_OK;
     double t0 = now();
     c.tape = &B->tape;
     rb_unet_in in = {.sample = xt, .timestep = ts, .encoder_hidden_states = ctx, .text_embeds = pooled,
-                     .time_ids = tid, .procs = B->procs, .recompute = !o->cal};
+                     .time_ids = tid, .procs = B->procs, .recompute = o->recompute};
     rb_unet_out uo;
     rb_rel_loss_out lo;
     if ((s = rb_unet_forward(&c, &B->unet, &in, &uo)) != RB_OK)
@@ -403,11 +407,12 @@ out:
 }
 
 static int usage(FILE *f) {
-    fprintf(f, "usage: relbooth bench train [--size N] [--json] [--no-cal] [--f32] [-t threads] [-r reps] "
+    fprintf(f, "usage: relbooth bench train [--size N] [--json] [--no-cal] [--no-recompute] [--f32] [-t threads] [-r reps] "
                "[--warmup n]\n"
                "  one RelationLoRA training step (UNet forward + backward for the LoRA gradients, keypoint and\n"
                "  attention losses, AdamW) at N x N (default 512), batch 1, on a random-weight SDXL UNet.\n"
-               "  --no-cal: no attention loss, transformer blocks recomputed in backward (low memory)\n"
+               "  --no-cal: no attention loss\n"
+               "  --no-recompute: keep every transformer block's forward on the tape (default: recomputed in backward)\n"
                "  --f32: f32 forward matmuls (default bf16 forward, f32 backward)\n");
     return f == stdout ? RB_EXIT_OK : RB_EXIT_USAGE;
 }
@@ -420,7 +425,7 @@ static const char *fmt_opt(double v, char *buf) {
 }
 
 int bench_train_main(int argc, char **argv) {
-    bench_opts o = {.size = 512, .cal = 1, .threads = 2, .reps = 1, .warmup = 1, .mm = RB_BF16};
+    bench_opts o = {.size = 512, .cal = 1, .recompute = 1, .threads = 2, .reps = 1, .warmup = 1, .mm = RB_BF16};
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             o.json = 1;
@@ -428,6 +433,8 @@ int bench_train_main(int argc, char **argv) {
             o.tiny = 1;
         else if (!strcmp(argv[i], "--no-cal"))
             o.cal = 0;
+        else if (!strcmp(argv[i], "--no-recompute"))
+            o.recompute = 0;
         else if (!strcmp(argv[i], "--f32"))
             o.mm = RB_F32;
         else if (!strcmp(argv[i], "--size") && i + 1 < argc)
@@ -478,19 +485,22 @@ int bench_train_main(int argc, char **argv) {
         if (o.json)
             printf("{\"suite\": \"train\", \"model\": \"%s\", \"size\": %d, \"batch\": 1, \"seconds\": %.3f, "
                    "\"forward_s\": %.3f, \"backward_s\": %.3f, \"optimizer_s\": %.4f, \"peak_rss_mib\": %.1f, "
-                   "\"weights_mib\": %.1f, \"recompute\": %s, \"cal\": %s, \"matmul_dtype\": \"%s\", \"threads\": %d, "
+                   "\"weights_mib\": %.1f, \"activations_peak_mib\": %.1f, \"grads_peak_mib\": %.1f, \"recompute\": %s, \"cal\": %s, \"matmul_dtype\": \"%s\", \"threads\": %d, "
                    "\"reps\": %d, \"warmup\": %d, \"lora_params\": %d, \"cal_maps\": %d, \"loss\": %.6g, "
                    "\"mse\": %.6g, \"kml\": %s, \"cal_loss\": %s, \"grad_norm\": %.6g}\n",
                    o.tiny ? "tiny" : "sdxl", o.size, best_total, best.fwd, best.bwd, best.opt, rss, wmib,
-                   o.cal ? "false" : "true", o.cal ? "true" : "false", dt, o.threads, o.reps, o.warmup, B->n_params,
+                   B->work.peak / 1048576.0, B->gradarena.peak / 1048576.0, o.recompute ? "true" : "false", o.cal ? "true" : "false", dt, o.threads, o.reps, o.warmup, B->n_params,
                    best.n_maps, best.loss, best.mse, fmt_opt(best.kml, b1), fmt_opt(best.cal, b2), sqrt(best.grad_sq));
         else
             printf("train step %s %dx%d batch 1 (%s forward, %s, %d threads): %.2f s (forward+loss %.2f, backward %.2f, "
-                   "AdamW %.3f), best of %d after %d warm-up\npeak RSS %.0f MiB (UNet weights %.0f MiB; setup %.1f s); "
+                   "AdamW %.3f), best of %d after %d warm-up\npeak RSS %.0f MiB (UNet weights %.0f MiB, arena high-water: activations "
+                   "%.0f MiB, gradients %.0f MiB; setup %.1f s); "
                    "loss %.6g (mse %.6g, kml %s, cal %s, %d CAL maps), LoRA grad norm %.4g\n",
                    o.tiny ? "tiny UNet" : "SDXL UNet", o.size, o.size, dt,
-                   o.cal ? "CAL on, no recompute" : "no CAL, recompute", o.threads, best_total, best.fwd, best.bwd,
-                   best.opt, o.reps, o.warmup, rss, wmib, setup_s, best.loss, best.mse, fmt_opt(best.kml, b1),
+                   o.cal ? (o.recompute ? "CAL on, recompute" : "CAL on, no recompute")
+                         : (o.recompute ? "no CAL, recompute" : "no CAL, no recompute"),
+                   o.threads, best_total, best.fwd, best.bwd,
+                   best.opt, o.reps, o.warmup, rss, wmib, B->work.peak / 1048576.0, B->gradarena.peak / 1048576.0, setup_s, best.loss, best.mse, fmt_opt(best.kml, b1),
                    fmt_opt(best.cal, b2), best.n_maps, sqrt(best.grad_sq));
     }
     teardown(B);

@@ -147,12 +147,15 @@ typedef struct {
     rb_unet_proc *procs;
     rb_rel_attn_call call;
     rb_tensor x_t, *eps;
+    rb_tensor ehs, te, ti; /* UNet inputs: recomputed blocks read them again in backward */
     int64_t t;
     float abar;
 } fwd;
 
-/* The arenas and the tape live across forwards (reset, not freed: no fresh page faults each time). */
-static int forward(fwd *f, char sub, int check_eps) {
+/* The arenas and the tape live across forwards (reset, not freed: no fresh page faults each time).
+ * recompute: transformer blocks recomputed in backward, with in-block CAL (what training runs);
+ * else the whole forward on the tape with the maps stored (so they can be inspected). */
+static int forward(fwd *f, char sub, int check_eps, int recompute) {
     if (!f->act.base) {
         memset(f, 0, sizeof *f);
         if (rb_arena_init(&f->act, (size_t)768 << 20, "act") || rb_arena_init(&f->grads, (size_t)768 << 20, "grads") ||
@@ -183,15 +186,16 @@ static int forward(fwd *f, char sub, int check_eps) {
     f->call.ms = (rb_ms_call){.adapter = &ad, .n_subjects = 2, .boxes = get("boxes")->data, .scale = 0.6f};
     f->call.pred_span = span;
     f->call.max_hw = 32 * 32;
+    f->call.segmaps = recompute ? get("object_segmaps") : NULL;
     f->procs = calloc((size_t)unet.n_attn, sizeof *f->procs);
     rb_rel_procs(&unet, &f->call, f->procs);
     rb_tensor tt = rb_tensor_wrap(&f->t, RB_I64, 1, (int64_t[]){1});
     rb_tensor *ts = rb_ctx_tensor(&f->c, RB_I64, 1, (int64_t[]){1});
     *(int64_t *)ts->data = f->t;
     (void)tt;
-    rb_tensor ehs = *get("encoder_hidden_states"), te = *get("text_embeds"), ti = *get("time_ids");
-    rb_unet_in in = {.sample = xt, .timestep = ts, .encoder_hidden_states = &ehs, .text_embeds = &te,
-                     .time_ids = &ti, .procs = f->procs};
+    f->ehs = *get("encoder_hidden_states"), f->te = *get("text_embeds"), f->ti = *get("time_ids");
+    rb_unet_in in = {.sample = xt, .timestep = ts, .encoder_hidden_states = &f->ehs, .text_embeds = &f->te,
+                     .time_ids = &f->ti, .procs = f->procs, .recompute = recompute};
     rb_unet_out out;
     if (rb_unet_forward(&f->c, &unet, &in, &out) != RB_OK) {
         CHECK(0, "forward: %s", rb_last_error());
@@ -284,13 +288,19 @@ static void save_grads(lora_params *L, float *dst) {
     }
 }
 
-/* sub-case b (t = 700): no KML; CAL and MSE gradients */
+/* sub-case b (t = 700): no KML; CAL and MSE gradients. The maps and values with the whole forward on
+ * the tape; the gradients with the blocks recomputed in backward and in-block CAL, and the total's
+ * gradient both ways: recomputation must give the same loss and gradients. */
 static void t_case_b(void) {
     if (!setup())
         return;
     lora_params L;
     REQUIRE(lora_setup(&L), "lora setup");
-    if (forward(&F, 'b', 1)) {
+    size_t nv = n_values(&L);
+    float *g_taped = malloc(nv * sizeof(float)), *g_rec = malloc(nv * sizeof(float));
+    float total_taped = 0;
+    REQUIRE(g_taped && g_rec, "alloc");
+    if (forward(&F, 'b', 1, 0)) {
         rb_ctx *c = &F.c;
         rb_rel_loss_in in = loss_in(&F);
         rb_rel_loss_config cfg;
@@ -300,16 +310,47 @@ static void t_case_b(void) {
         CHECK(!o.kml && !o.z0_hat && o.cal, "t = 700 > 333: no KML, CAL active");
         cmp("b.L_mse", o.mse, get("b.L_mse"), 2.01e-7);
         cmp("b.total", o.total, get("b.loss_total_cal0.001"), 1.9e-7);
+        total_taped = ((float *)o.total->data)[0];
         rb_tensor *z0 = rb_rel_pred_x0(c, &F.x_t, F.eps, &F.abar);
         cmp("b.z0_hat", z0, get("b.z0_hat"), 6.34e-5);
         check_cal_parts(&F, 'b');
         zero_grads(&L);
         REQUIRE(rb_backward(c, o.total) == RB_OK, "%s", rb_last_error());
         cmp_grads(&L, "grad_b.total_cal0.001.safetensors", 10 * 1.3255e-08);
+        save_grads(&L, g_taped);
+    }
+    if (forward(&F, 'b', 0, 1)) {
+        rb_ctx *c = &F.c;
+        rb_rel_loss_in in = loss_in(&F);
+        rb_rel_loss_config cfg;
+        rb_rel_loss_config_official(&cfg);
+        rb_rel_loss_out o;
+        REQUIRE(rb_rel_loss(c, &cfg, &in, &o) == RB_OK, "loss: %s", rb_last_error());
+        CHECK(F.call.n_maps == (int)rb_tensor_get(get("b.cal.num_layers"), 0) && !F.call.maps[0],
+              "in-block CAL: %d layers, maps not kept", F.call.n_maps);
+        cmp("b.L_cal (in-block)", o.cal, get("b.L_cal"), 10 * 8.65e-10);
+        cmp("b.total (recompute)", o.total, get("b.loss_total_cal0.001"), 1.9e-7);
+        CHECK(((float *)o.total->data)[0] == total_taped, "total %.9g recomputing vs %.9g taped",
+              ((float *)o.total->data)[0], total_taped);
+        zero_grads(&L);
+        REQUIRE(rb_backward(c, o.total) == RB_OK, "%s", rb_last_error());
+        cmp_grads(&L, "grad_b.total_cal0.001.safetensors", 10 * 1.3255e-08);
+        save_grads(&L, g_rec);
+        double md = 0, gmax = 0;
+        for (size_t i = 0; i < nv; i++) {
+            md = fmax(md, fabs((double)g_rec[i] - g_taped[i]));
+            gmax = fmax(gmax, fabs((double)g_taped[i]));
+        }
+        /* the same float operations in the same order (f32): bit-identical */
+        CHECK(gmax > 0 && md == 0, "recomputed vs taped gradients differ by %g (max |grad| %g)", md, gmax);
+        if (t_verbose())
+            printf("  recompute vs taped: max |grad diff| %.3g (max |grad| %.3g)\n", md, gmax);
         zero_grads(&L);
         REQUIRE(rb_backward(c, o.mse) == RB_OK, "%s", rb_last_error());
         cmp_grads(&L, "grad_b.mse.safetensors", 10 * 1.2677e-08);
     }
+    free(g_taped);
+    free(g_rec);
     lora_teardown(&L);
 }
 
@@ -340,7 +381,8 @@ static void check_adamw(lora_params *L, int step, float loss, double norm) {
 }
 
 /* sub-case a (t = 250): every loss part and gradient, then 3 AdamW iterations (the first from these
- * gradients: same weights, same batch) */
+ * gradients: same weights, same batch). The maps are checked on a fully taped forward; every gradient
+ * and step runs as training does, with the blocks recomputed and in-block CAL. */
 static void t_case_a_and_adamw(void) {
     if (!setup())
         return;
@@ -353,8 +395,17 @@ static void t_case_a_and_adamw(void) {
     rb_adam_config_init(&ac); /* AdamW, betas (0.9, 0.999), eps 1e-8 */
     ac.lr = 1e-4, ac.weight_decay = 1e-4;
     REQUIRE(g[0] && g[1] && g[2] && rb_adam_init(&opt, &ac, L.n, L.params) == RB_OK, "%s", rb_last_error());
+    if (forward(&F, 'a', 1, 0)) {
+        rb_rel_loss_in in = loss_in(&F);
+        rb_rel_loss_config cfg;
+        rb_rel_loss_config_official(&cfg);
+        rb_rel_loss_out o;
+        REQUIRE(rb_rel_loss(&F.c, &cfg, &in, &o) == RB_OK, "loss: %s", rb_last_error());
+        cmp("a.total 0.1/0.001 (taped)", o.total, get("a.loss_total_kml0.1_cal0.001"), 4.5e-7);
+        check_cal_parts(&F, 'a');
+    }
     for (int step = 1; step <= 3; step++) {
-        if (!forward(&F, 'a', step == 1))
+        if (!forward(&F, 'a', 0, 1))
             break;
         rb_ctx *c = &F.c;
         rb_rel_loss_in in = loss_in(&F);
@@ -386,7 +437,7 @@ static void t_case_a_and_adamw(void) {
             CHECK(bad == 0, "%d keypoint index rows differ", bad);
             rb_tensor *bug = rb_rel_kml(c, o.z0_hat, get("concept_latents"), kp, 2, 4, NULL);
             cmp("a.released_bug.L_kml", bug, get("a.released_bug.L_kml"), 1.69e-6);
-            check_cal_parts(&F, 'a');
+            cmp("a.L_cal (in-block)", o.cal, get("a.L_cal"), 10 * 7.58e-10);
             rb_tensor *tot2 = rb_add(c, rb_add(c, o.mse, rb_scale(c, o.kml, 1e-3f)), rb_scale(c, o.cal, 1e-3f));
             cmp("a.total 0.001/0.001", tot2, get("a.loss_total_kml0.001_cal0.001"), 2.87e-7);
             /* the parts, each by its own backward pass over the same tape */

@@ -1,5 +1,5 @@
-/* rb_conv2d on oneDNN convolution primitives: forward (inference) in c->matmul_dtype, backward data
- * and backward weights in f32. Every primitive is created with format_tag_any so oneDNN uses its
+/* rb_conv2d on oneDNN convolution primitives: forward (inference) and backward data in c->matmul_dtype
+ * (f32 accumulation, f32 results), backward weights in f32. Every primitive is created with format_tag_any so oneDNN uses its
  * blocked layouts; src/ops/dnnl.c reorders NCHW/OIHW buffers in and out (and caches the reordered
  * frozen weights of the forward pass). */
 #include "conv.h"
@@ -79,16 +79,17 @@ static rb_status conv_build(const void *desc, dnnl_engine_t eng, dnnl_primitive_
     } else {
         /* backward primitives need the forward pd they belong to as a hint */
         dnnl_primitive_desc_t hint = NULL;
-        st = fwd_desc(&cd, s, dnnl_forward_training, dnnl_f32, k->bias);
+        dnnl_data_type_t cdt = (dnnl_data_type_t)k->cdt; /* backward data: diff_dst and weights in cdt */
+        st = fwd_desc(&cd, s, dnnl_forward_training, cdt, k->bias);
         if (st == RB_OK)
             st = rb_dnnl_check(dnnl_primitive_desc_create(&hint, &cd, attr, eng, NULL), "convolution (hint)");
         dnnl_memory_desc_t src, wei, dst, b = bias_u;
         if (st == RB_OK)
             st = md_tag(&src, s->N, s->C, s->H, s->W, dnnl_f32, dnnl_format_tag_any);
         if (st == RB_OK)
-            st = md_tag(&wei, s->O, s->C, s->kh, s->kw, dnnl_f32, dnnl_format_tag_any);
+            st = md_tag(&wei, s->O, s->C, s->kh, s->kw, cdt, dnnl_format_tag_any);
         if (st == RB_OK)
-            st = md_tag(&dst, s->N, s->O, s->Ho, s->Wo, dnnl_f32, dnnl_format_tag_any);
+            st = md_tag(&dst, s->N, s->O, s->Ho, s->Wo, cdt, dnnl_format_tag_any);
         if (st == RB_OK) {
             dnnl_dims_t sd = {s->sh, s->sw}, pl = {s->ph, s->pw}, pr = {s->ph, s->pw};
             if (k->prop == CONV_BWD_DATA)
@@ -147,10 +148,11 @@ rb_status conv2d_forward(rb_arena *scratch, float *out, const float *inp, const 
 }
 
 rb_status conv2d_backward(rb_arena *scratch, float *dinp, float *dweight, float *dbias, const float *dout,
-                          const float *inp, const void *weight, rb_dtype wdt, const rb_conv_shape *s) {
+                          const float *inp, const void *weight, rb_dtype wdt, const rb_conv_shape *s,
+                          rb_dtype compute) {
     conv_key k;
     if (dinp) {
-        key_init(&k, CONV_BWD_DATA, RB_F32, wdt, 0, s);
+        key_init(&k, CONV_BWD_DATA, compute, wdt, 0, s);
         RB_TRY(rb_dnnl_exec(&k, sizeof k, conv_build, scratch, (void *[]){(void *)dout, (void *)weight, dinp}, 0));
     }
     if (dweight) {
@@ -202,7 +204,8 @@ static rb_status conv_bw(rb_ctx *c, rb_tape_entry *e) {
         return c->status;
     if (s.N == 0)
         return RB_OK;
-    return conv2d_backward(c->arena, dx, dw, db, e->out->grad->data, e->saved[0]->data, w->data, w->dtype, &s);
+    return conv2d_backward(c->arena, dx, dw, db, e->out->grad->data, e->saved[0]->data, w->data, w->dtype, &s,
+                           c->matmul_dtype);
 }
 
 rb_tensor *rb_conv2d(rb_ctx *c, rb_tensor *x, rb_tensor *w, rb_tensor *b, int stride_h, int stride_w, int pad_h,

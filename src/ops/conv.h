@@ -22,9 +22,11 @@ rb_status conv2d_shape(rb_conv_shape *s);
 rb_status conv2d_forward(rb_arena *scratch, float *out, const float *inp, const void *weight, rb_dtype wdt,
                          const float *bias, const rb_conv_shape *s, rb_dtype compute, int frozen);
 
-/* In f32. Each gradient is ACCUMULATED (+=); NULL skips it:
- *   dinp [N, C, H, W], dweight [O, C, kh, kw], dbias [O]. */
+/* Each gradient is ACCUMULATED (+=); NULL skips it: dinp [N, C, H, W] (backward data in `compute`
+ * with f32 accumulation and an f32 result: with RB_BF16, dout and the weight are rounded to bf16, as
+ * torch autocast does), dweight [O, C, kh, kw] and dbias [O] (f32). */
 rb_status conv2d_backward(rb_arena *scratch, float *dinp, float *dweight, float *dbias, const float *dout,
-                          const float *inp, const void *weight, rb_dtype wdt, const rb_conv_shape *s);
+                          const float *inp, const void *weight, rb_dtype wdt, const rb_conv_shape *s,
+                          rb_dtype compute);
 
 #endif

@@ -2,7 +2,9 @@
  *
  * Forward computes in c->matmul_dtype: in bf16 mode a reorder converts the f32 activations into
  * bf16 scratch and the weights are used in bf16 (bf16 weights in place; f32 or f16 weights converted,
- * and for frozen weights the converted, oneDNN-preferred layout is cached). Backward is f32 throughout. */
+ * and for frozen weights the converted, oneDNN-preferred layout is cached). Linear's input gradient
+ * dX = dY W runs in c->matmul_dtype too (the backward's largest products, as torch autocast runs
+ * them); weight gradients and rb_matmul's backward are f32. */
 #include "linear.h"
 
 #include <string.h>
@@ -136,11 +138,15 @@ void rows_sum_accumulate(float *dbias, const float *dout, int64_t M, int64_t N) 
 }
 
 rb_status linear_backward(rb_arena *scratch, float *dinp, float *dweight, float *dbias, const float *dout,
-                          const float *inp, const void *weight, rb_dtype wdt, int64_t M, int64_t K, int64_t N) {
+                          const float *inp, const void *weight, rb_dtype wdt, int64_t M, int64_t K, int64_t N,
+                          rb_dtype compute) {
     rb_gemm g;
     if (dinp) { /* dinp [M, K] += dout [M, N] @ weight [N, K] */
         gemm_2d(&g, RB_F32, M, N, N, 1, wdt, K, K, 1);
-        RB_TRY(rb_gemm_run(scratch, dinp, dout, weight, NULL, &g, RB_F32, RB_GEMM_ACC));
+        /* a weight in the compute dtype is read in place; another dtype is converted into scratch (not
+         * cached: a frozen weight's cached copy is in the forward's layout) */
+        int flags = RB_GEMM_ACC | (wdt != compute ? RB_GEMM_B_ANY : 0);
+        RB_TRY(rb_gemm_run(scratch, dinp, dout, weight, NULL, &g, compute, flags));
     }
     if (dweight) { /* dweight [N, K] += dout^T [N, M] @ inp [M, K] */
         gemm_2d(&g, RB_F32, N, M, 1, N, RB_F32, K, K, 1);
@@ -295,7 +301,8 @@ static rb_status linear_bw(rb_ctx *c, rb_tape_entry *e) {
             rows_sum_accumulate(db, e->out->grad->data, M, N);
         return RB_OK;
     }
-    return linear_backward(c->arena, dx, dw, db, e->out->grad->data, xc->data, w->data, w->dtype, M, K, N);
+    return linear_backward(c->arena, dx, dw, db, e->out->grad->data, xc->data, w->data, w->dtype, M, K, N,
+                           c->matmul_dtype);
 }
 
 rb_tensor *rb_linear(rb_ctx *c, rb_tensor *x, rb_tensor *w, rb_tensor *b) {

@@ -33,10 +33,14 @@ rb_status rb_gemm_run(rb_arena *scratch, float *c, const void *a, const void *b,
 rb_status linear_forward(rb_arena *scratch, float *out, const float *inp, const void *weight, rb_dtype wdt,
                          const float *bias, int64_t M, int64_t K, int64_t N, rb_dtype compute, int frozen);
 
-/* In f32. Each gradient is ACCUMULATED (+=); NULL skips it:
- *   dinp [M, K] += dout [M, N] weight [N, K];  dweight [N, K] += dout^T inp;  dbias [N] += sum_m dout. */
+/* Each gradient is ACCUMULATED (+=); NULL skips it:
+ *   dinp [M, K] += dout [M, N] weight [N, K]   (products in `compute`, f32 accumulation: with RB_BF16, dout
+ *                                               and the weight are rounded to bf16, as torch autocast does);
+ *   dweight [N, K] += dout^T inp               (f32: the gradients of trained weights stay exact);
+ *   dbias [N] += sum_m dout. */
 rb_status linear_backward(rb_arena *scratch, float *dinp, float *dweight, float *dbias, const float *dout,
-                          const float *inp, const void *weight, rb_dtype wdt, int64_t M, int64_t K, int64_t N);
+                          const float *inp, const void *weight, rb_dtype wdt, int64_t M, int64_t K, int64_t N,
+                          rb_dtype compute);
 
 /* Batched product of contiguous f32 operands with nb (0..3) batch dims; a_batch / b_batch are each
  * dim equal to the output's batch dim or 1 (broadcast), out_batch = their maximum:

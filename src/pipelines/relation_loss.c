@@ -57,31 +57,172 @@ static rb_tensor *predicate_map(rb_ctx *c, rb_tensor *q, rb_tensor *k, int heads
     return B == 1 ? rows[0] : rb_concat(c, rows, (int)B, 0);
 }
 
+/* F.interpolate(x, size=(oh, ow), mode="nearest") of [B, ih, iw]: src = min(floor(dst * (float)in/out), in - 1). */
+static void nearest(float *out, const float *in, int64_t B, int64_t ih, int64_t iw, int64_t oh, int64_t ow) {
+    float sh = (float)ih / (float)oh, sw = (float)iw / (float)ow;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t y = 0; y < oh; y++) {
+            int64_t sy = (int64_t)floorf((float)y * sh);
+            sy = sy < ih - 1 ? sy : ih - 1;
+            for (int64_t x = 0; x < ow; x++) {
+                int64_t sx = (int64_t)floorf((float)x * sw);
+                sx = sx < iw - 1 ? sx : iw - 1;
+                out[(b * oh + y) * ow + x] = in[(b * ih + sy) * iw + sx];
+            }
+        }
+}
+
+static int check_segmaps(rb_ctx *c, const rb_tensor *segmaps, int64_t B) {
+    if (!segmaps || segmaps->ndim != 3 || segmaps->shape[0] != B || segmaps->dtype != RB_F32 ||
+        !rb_is_contiguous(segmaps)) {
+        rb_ctx_error(c, RB_ERR_INVALID, "CAL: object segmaps must be f32 [%lld, H, W]", (long long)B);
+        return 0;
+    }
+    return 1;
+}
+
+/* The segmap [B, h_i, w_i] stored layer i uses: the released loop re-assigns object_segmaps at every
+ * layer, so each resize starts from the previous layer's (replayed from the original, so that a block
+ * recomputed in backward finds its layer's map without state). */
+static rb_tensor *chained_segmap(rb_ctx *c, const rb_rel_attn_call *call, int i) {
+    const rb_tensor *s0 = call->segmaps;
+    int64_t B = s0->shape[0], ch = s0->shape[1], cw = s0->shape[2];
+    const float *cur = s0->data;
+    rb_tensor *seg = NULL;
+    for (int j = 0; j <= i; j++) {
+        int64_t h = call->map_h[j], w = call->map_w[j];
+        if (!(seg = rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){B, h, w})))
+            return NULL;
+        nearest(seg->data, cur, B, ch, cw, h, w);
+        cur = seg->data, ch = h, cw = w;
+    }
+    return seg;
+}
+
+/* One layer's CAL term [B]: sum(map bg)/(sum bg + 1e-5) - sum(map obj)/(sum obj + 1e-5) per row, for a
+ * map [B, N, 1] and the layer's segmap [B, h, w] (N = h*w, bg = 1 - obj). */
+static rb_tensor *layer_term(rb_ctx *c, rb_tensor *map, const rb_tensor *seg, int64_t B, int64_t N) {
+    rb_tensor *bg = rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){B, N, 1});
+    rb_tensor *objt = rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){B, N, 1});
+    if (!bg || !objt || !map)
+        return NULL;
+    if (B > 16)
+        return rb_ctx_error(c, RB_ERR_UNSUPPORTED, "CAL: batch %lld > 16", (long long)B);
+    const float *od = seg->data;
+    float *bd = bg->data;
+    for (int64_t p = 0; p < B * N; p++)
+        bd[p] = 1.0f - od[p];
+    memcpy(objt->data, od, (size_t)(B * N) * sizeof(float));
+    rb_tensor *rows[16];
+    for (int64_t b = 0; b < B; b++) {
+        double sb = 0, so = 0; /* torch sums a 0/1 map exactly */
+        for (int64_t p = 0; p < N; p++)
+            sb += bd[b * N + p], so += od[b * N + p];
+        rb_tensor *m = rb_slice(c, map, 0, b, b + 1);
+        rb_tensor *fb = rb_scale(c, rb_sum(c, rb_mul(c, m, rb_slice(c, bg, 0, b, b + 1))), 1.0f / ((float)sb + 1e-5f));
+        rb_tensor *fo = rb_scale(c, rb_sum(c, rb_mul(c, m, rb_slice(c, objt, 0, b, b + 1))), 1.0f / ((float)so + 1e-5f));
+        rows[b] = rb_reshape(c, rb_sub(c, fb, fo), 1, (int64_t[]){1});
+    }
+    return B == 1 ? rows[0] : rb_concat(c, rows, (int)B, 0); /* [B] */
+}
+
+/* ---- the auxiliary-loss op of in-block CAL ---- */
+
+/* dh += dout; d(term)[b] += dL/dL_cal * (1/n_maps) / B: the factor the gradient of
+ * L_cal = mean_b(sum_i term_i[b]) * (1/n_maps) gives every term, computed as rb_rel_cal's backward
+ * computes it (scale, then mean). */
+static rb_status cal_aux_backward(rb_ctx *c, rb_tape_entry *e) {
+    const rb_rel_attn_call *call = e->user;
+    rb_tensor *h = e->in[0], *term = e->in[1];
+    const float *dout = e->out->grad->data;
+    if (rb_needs_grad(h)) {
+        rb_tensor *gh = rb_grad_of(c, h);
+        if (!gh)
+            return c->status;
+        float *g = gh->data;
+        int64_t n = rb_numel(h);
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+        for (int64_t i = 0; i < n; i++)
+            g[i] += dout[i];
+    }
+    const rb_tensor *cg = call->cal ? call->cal->grad : NULL;
+    float dcal = cg ? ((const float *)cg->data)[0] : 0.0f;
+    if (rb_needs_grad(term) && dcal != 0.0f) {
+        rb_tensor *gt = rb_grad_of(c, term);
+        if (!gt)
+            return c->status;
+        int64_t B = rb_numel(term);
+        float w = (float)((double)(dcal * (1.0f / (float)call->n_maps)) * (1.0 / (double)B));
+        for (int64_t b = 0; b < B; b++)
+            ((float *)gt->data)[b] += w;
+    }
+    return RB_OK;
+}
+
+/* out = h (a view of the same data), recorded with the layer's term as a second input. */
+static rb_tensor *cal_aux(rb_ctx *c, rb_tensor *h, rb_tensor *term, rb_rel_attn_call *call) {
+    if (c->status != RB_OK || !h || !term)
+        return NULL;
+    rb_tensor *out = rb_arena_alloc(c->arena, sizeof *out);
+    if (!out)
+        return rb_ctx_fail(c, RB_ERR_OOM);
+    *out = *h;
+    out->grad = NULL, out->requires_grad = 0, out->name = NULL;
+    rb_tape_entry *e = rb_tape_record(c, "cal_aux", cal_aux_backward, out, 2, (rb_tensor *[]){h, term});
+    if (e)
+        e->user = call;
+    return c->status == RB_OK ? out : NULL;
+}
+
 rb_tensor *rb_rel_attn2(rb_ctx *c, const rb_unet_attn *attn, rb_tensor *hidden, rb_tensor *context, int64_t height,
                         int64_t width, void *user) {
     rb_rel_attn_call *call = user;
     rb_tensor *out = rb_ms_attn2(c, attn, hidden, context, height, width, &call->ms);
     if (!out || !call->pred_span || height * width > call->max_hw)
         return out;
-    if (call->n_maps >= RB_REL_MAX_MAPS)
-        return rb_ctx_error(c, RB_ERR_UNSUPPORTED, "CAL: more than %d stored layers", RB_REL_MAX_MAPS);
+    int64_t B = context->shape[0];
+    int i;
+    if (call->segmaps && call->cal) { /* a block recomputed in backward: find its layer */
+        for (i = 0; i < call->n_maps && call->map_attn[i] != attn->index; i++)
+            ;
+        if (i == call->n_maps)
+            return rb_ctx_error(c, RB_ERR_INTERNAL, "CAL: %s was not stored in the forward", attn->name);
+    } else {
+        if (call->n_maps >= RB_REL_MAX_MAPS)
+            return rb_ctx_error(c, RB_ERR_UNSUPPORTED, "CAL: more than %d stored layers", RB_REL_MAX_MAPS);
+        if (call->segmaps && (B > 16 || !check_segmaps(c, call->segmaps, B)))
+            return B > 16 ? rb_ctx_error(c, RB_ERR_UNSUPPORTED, "CAL: batch %lld > 16", (long long)B) : NULL;
+        i = call->n_maps;
+    }
     /* the query and the text keys again (the masked processor keeps them inside) */
     int64_t T = call->ms.adapter->text_tokens;
     rb_tensor *q = rb_unet_attn_proj(c, attn, RB_UNET_Q, hidden);
     rb_tensor *k = rb_unet_attn_proj(c, attn, RB_UNET_K, rb_slice(c, context, 1, 0, T));
-    rb_tensor *m = predicate_map(c, q, k, attn->heads, call->pred_span, context->shape[0]);
+    rb_tensor *m = predicate_map(c, q, k, attn->heads, call->pred_span, B);
     if (!m)
         return NULL;
-    int i = call->n_maps++;
-    call->maps[i] = m;
-    call->map_h[i] = height;
-    call->map_w[i] = width;
-    call->map_layer[i] = attn->name;
-    return out;
+    if (!call->segmaps || !call->cal) {
+        call->n_maps++;
+        call->maps[i] = call->segmaps ? NULL : m;
+        call->map_h[i] = height;
+        call->map_w[i] = width;
+        call->map_layer[i] = attn->name;
+        call->map_attn[i] = attn->index;
+    }
+    if (!call->segmaps)
+        return out;
+    rb_tensor *term = layer_term(c, m, chained_segmap(c, call, i), B, height * width);
+    if (!term)
+        return NULL;
+    if (!call->cal)
+        for (int64_t b = 0; b < B; b++)
+            call->layer_value[i][b] = ((const float *)term->data)[b];
+    return cal_aux(c, out, term, call);
 }
 
 void rb_rel_procs(const rb_unet *unet, rb_rel_attn_call *call, rb_unet_proc *procs) {
     call->n_maps = 0;
+    call->cal = NULL;
     for (int i = 0; i < unet->n_attn; i++) {
         procs[i].fn = unet->attn[i]->cross ? rb_rel_attn2 : NULL;
         procs[i].user = call;
@@ -172,64 +313,61 @@ rb_tensor *rb_rel_kml(rb_ctx *c, rb_tensor *z0_hat, const rb_tensor *concept_lat
 
 /* ---- CAL ---- */
 
-/* F.interpolate(x, size=(oh, ow), mode="nearest") of [B, ih, iw]: src = min(floor(dst * (float)in/out), in - 1). */
-static void nearest(float *out, const float *in, int64_t B, int64_t ih, int64_t iw, int64_t oh, int64_t ow) {
-    float sh = (float)ih / (float)oh, sw = (float)iw / (float)ow;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t y = 0; y < oh; y++) {
-            int64_t sy = (int64_t)floorf((float)y * sh);
-            sy = sy < ih - 1 ? sy : ih - 1;
-            for (int64_t x = 0; x < ow; x++) {
-                int64_t sx = (int64_t)floorf((float)x * sw);
-                sx = sx < iw - 1 ? sx : iw - 1;
-                out[(b * oh + y) * ow + x] = in[(b * ih + sy) * iw + sx];
-            }
-        }
+/* value [] = mean over rows of (sum over layers of term [B]) * (1/n), by the ops rb_rel_cal uses */
+static rb_tensor *cal_of_sum(rb_ctx *c, rb_tensor *sum, int n_maps) {
+    return rb_scale(c, rb_mean(c, sum), 1.0f / (float)n_maps);
+}
+
+/* no gradient of its own: the blocks' auxiliary ops read this node's gradient */
+static rb_status cal_collect_backward(rb_ctx *c, rb_tape_entry *e) {
+    (void)c, (void)e;
+    return RB_OK;
+}
+
+rb_tensor *rb_rel_cal_collect(rb_ctx *c, rb_rel_attn_call *call, rb_tensor *anchor) {
+    if (c->status != RB_OK || call->n_maps == 0 || !call->segmaps)
+        return NULL;
+    int64_t B = call->segmaps->shape[0];
+    struct rb_tape *tape = c->tape;
+    c->tape = NULL; /* values only */
+    rb_tensor *sum = NULL;
+    for (int i = 0; i < call->n_maps; i++) {
+        rb_tensor *t = rb_ctx_tensor(c, RB_F32, 1, (int64_t[]){B});
+        if (!t)
+            break;
+        memcpy(t->data, call->layer_value[i], (size_t)B * sizeof(float));
+        sum = sum ? rb_add(c, sum, t) : t;
+    }
+    rb_tensor *v = cal_of_sum(c, sum, call->n_maps);
+    c->tape = tape;
+    if (!v)
+        return NULL;
+    v->requires_grad = 0;
+    rb_tape_record(c, "cal_collect", cal_collect_backward, v, 1, &anchor);
+    call->cal = v;
+    return c->status == RB_OK ? v : NULL;
 }
 
 rb_tensor *rb_rel_cal(rb_ctx *c, const rb_rel_attn_call *call, const rb_tensor *segmaps, rb_tensor **layer_loss,
                       rb_tensor **segmap_used) {
     if (c->status != RB_OK || call->n_maps == 0)
         return NULL;
-    int64_t B = call->maps[0]->shape[0];
-    if (!segmaps || segmaps->ndim != 3 || segmaps->shape[0] != B || segmaps->dtype != RB_F32 ||
-        !rb_is_contiguous(segmaps))
-        return rb_ctx_error(c, RB_ERR_INVALID, "CAL: object segmaps must be f32 [%lld, H, W]", (long long)B);
-    /* the released loop re-assigns object_segmaps at every layer: each resize starts from the previous one */
+    int64_t B = call->maps[0] ? call->maps[0]->shape[0] : 0;
+    if (!call->maps[0])
+        return rb_ctx_error(c, RB_ERR_INVALID, "CAL: the maps were not stored (in-block CAL: use rb_rel_cal_collect)");
+    if (!check_segmaps(c, segmaps, B))
+        return NULL;
     const float *cur = segmaps->data;
     int64_t ch = segmaps->shape[1], cw = segmaps->shape[2];
     rb_tensor *sum = NULL;
     for (int i = 0; i < call->n_maps; i++) {
-        int64_t h = call->map_h[i], w = call->map_w[i], N = h * w;
+        int64_t h = call->map_h[i], w = call->map_w[i];
         rb_tensor *seg = rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){B, h, w});
-        rb_tensor *bg = rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){B, N, 1});
-        if (!seg || !bg)
+        if (!seg)
             return NULL;
         nearest(seg->data, cur, B, ch, cw, h, w);
         cur = seg->data, ch = h, cw = w;
-        rb_tensor obj = rb_tensor_wrap(seg->data, RB_F32, 3, (int64_t[]){B, N, 1});
-        float *od = seg->data, *bd = bg->data;
-        for (int64_t p = 0; p < B * N; p++)
-            bd[p] = 1.0f - od[p];
-        rb_tensor *objt = rb_ctx_tensor(c, RB_F32, 3, (int64_t[]){B, N, 1});
-        if (!objt)
-            return NULL;
-        memcpy(objt->data, obj.data, (size_t)(B * N) * sizeof(float));
-        rb_tensor *rows[16];
-        if (B > 16)
-            return rb_ctx_error(c, RB_ERR_UNSUPPORTED, "CAL: batch %lld > 16", (long long)B);
-        for (int64_t b = 0; b < B; b++) {
-            double sb = 0, so = 0; /* torch sums a 0/1 map exactly */
-            for (int64_t p = 0; p < N; p++)
-                sb += bd[b * N + p], so += od[b * N + p];
-            rb_tensor *m = rb_slice(c, call->maps[i], 0, b, b + 1);
-            rb_tensor *fb = rb_scale(c, rb_sum(c, rb_mul(c, m, rb_slice(c, bg, 0, b, b + 1))),
-                                     1.0f / ((float)sb + 1e-5f));
-            rb_tensor *fo = rb_scale(c, rb_sum(c, rb_mul(c, m, rb_slice(c, objt, 0, b, b + 1))),
-                                     1.0f / ((float)so + 1e-5f));
-            rows[b] = rb_reshape(c, rb_sub(c, fb, fo), 1, (int64_t[]){1});
-        }
-        rb_tensor *ll = B == 1 ? rows[0] : rb_concat(c, rows, (int)B, 0); /* [B] */
+        rb_tensor *ll = layer_term(c, call->maps[i], seg, B, h * w);
         if (!ll)
             return NULL;
         if (layer_loss)
@@ -239,7 +377,7 @@ rb_tensor *rb_rel_cal(rb_ctx *c, const rb_rel_attn_call *call, const rb_tensor *
         sum = sum ? rb_add(c, sum, ll) : ll;
     }
     /* mean over layers ([B], as released), then over rows (the released code needs B = 1) */
-    return rb_scale(c, rb_mean(c, sum), 1.0f / (float)call->n_maps);
+    return cal_of_sum(c, sum, call->n_maps);
 }
 
 /* ---- the whole loss ---- */
@@ -273,7 +411,8 @@ rb_status rb_rel_loss(rb_ctx *c, const rb_rel_loss_config *cfg, const rb_rel_los
         if (!in->attn || in->attn->n_maps == 0)
             return c->status = rb_error(RB_ERR_INVALID, "loss: CAL weight %g but no predicate map was stored",
                                         (double)cfg->w_cal);
-        out->cal = rb_rel_cal(c, in->attn, in->segmaps, NULL, NULL);
+        out->cal = in->attn->segmaps ? rb_rel_cal_collect(c, in->attn, in->eps)
+                                     : rb_rel_cal(c, in->attn, in->segmaps, NULL, NULL);
         total = rb_add(c, total, rb_scale(c, out->cal, cfg->w_cal));
     }
     out->total = total;

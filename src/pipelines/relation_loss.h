@@ -34,22 +34,39 @@ typedef struct rb_rel_loss_config {
 void rb_rel_loss_config_paper(rb_rel_loss_config *cfg);
 void rb_rel_loss_config_official(rb_rel_loss_config *cfg);
 
-/* Per UNet call: the masked processor's call plus the predicate-map store (the released attn_store). */
+/* Per UNet call: the masked processor's call plus the predicate-map store (the released attn_store).
+ *
+ * Two ways to get L_cal:
+ * - segmaps NULL (stored maps): every map stays on the tape (maps[]) and rb_rel_cal builds L_cal after the
+ *   forward. The maps are made inside the transformer blocks, so this needs the blocks' whole forward on
+ *   the tape (rb_unet_in.recompute off). Used to inspect the maps.
+ * - segmaps set (in-block CAL, what training uses): each stored layer's term (L_cal's per-layer value,
+ *   [B]) is computed inside its block from that layer's chained segmap, and attached to the attention's
+ *   output by an auxiliary-loss op (forward: identity; backward: d(term) += dL/dL_cal / (n_maps B), read
+ *   from the L_cal node that rb_rel_loss makes after the forward). Nothing but the block's output leaves
+ *   the block, so blocks can be recomputed in backward; the gradients are those of the stored-maps way. */
 typedef struct rb_rel_attn_call {
     rb_ms_call ms;
     const int64_t *pred_span; /* [B, 2] predicate token span [start, end) per row; NULL: no maps */
     int max_hw;               /* store maps of layers with h*w <= max_hw */
+    const rb_tensor *segmaps; /* [B, H0, W0] object segmaps (0/1): in-block CAL; NULL: stored maps */
     int n_maps;
-    rb_tensor *maps[RB_REL_MAX_MAPS];   /* [B, h*w, 1], in forward order (the attn_store dict order) */
+    rb_tensor *maps[RB_REL_MAX_MAPS];   /* [B, h*w, 1], in forward order (the attn_store dict order); NULL in-block */
     int64_t map_h[RB_REL_MAX_MAPS], map_w[RB_REL_MAX_MAPS];
     const char *map_layer[RB_REL_MAX_MAPS]; /* module name, e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn2" */
+    /* in-block CAL state */
+    int map_attn[RB_REL_MAX_MAPS];        /* attn->index of stored layer i (finds i again when a block is recomputed) */
+    float layer_value[RB_REL_MAX_MAPS][16]; /* forward value of stored layer i's term, per row */
+    rb_tensor *cal;                       /* the L_cal node (rb_rel_loss); set: the forward is over */
 } rb_rel_attn_call;
 
 /* The training processor for attn2 (user = rb_rel_attn_call*): rb_ms_attn2's output, plus the
- * predicate map of this layer appended to the store when pred_span is set and h*w <= max_hw. */
+ * predicate map of this layer appended to the store when pred_span is set and h*w <= max_hw (with
+ * segmaps set: the layer's CAL term, attached to the output as described above). */
 rb_tensor *rb_rel_attn2(rb_ctx *c, const rb_unet_attn *attn, rb_tensor *hidden, rb_tensor *context, int64_t height,
                         int64_t width, void *user);
-/* procs[0..n_attn): rb_rel_attn2 on every cross-attention, the default on self-attention. Clears the store. */
+/* procs[0..n_attn): rb_rel_attn2 on every cross-attention, the default on self-attention. Clears the store
+ * (and the in-block state; segmaps and the other inputs are kept). */
 void rb_rel_procs(const rb_unet *unet, rb_rel_attn_call *call, rb_unet_proc *procs);
 
 /* z0_hat [B, C, H, W] from x_t and eps_hat (taped); abar[B] = alphas_cumprod[t_b]. */
@@ -64,6 +81,12 @@ int64_t rb_rel_kp_index(float kp, int64_t scale, int64_t limit);
  * c->status RB_OK when no row is active). */
 rb_tensor *rb_rel_kml(rb_ctx *c, rb_tensor *z0_hat, const rb_tensor *concept_latents, const rb_tensor *keypoints,
                       int n, int ref_scale, const int *active);
+
+/* In-block CAL: L_cal [] from the forward's per-layer values (the same float operations as rb_rel_cal),
+ * recorded on the tape as the node whose gradient the blocks' auxiliary ops read in backward. `anchor`
+ * (the UNet output) is listed as its input only so that the tape records it; it gets no gradient.
+ * Sets call->cal. NULL with c->status RB_OK when no layer was stored. */
+rb_tensor *rb_rel_cal_collect(rb_ctx *c, rb_rel_attn_call *call, rb_tensor *anchor);
 
 /* L_cal from the stored maps and the object segmaps [B, H0, W0] (0/1): [] = mean over rows of the
  * released [B]-shaped value. layer_loss[i] ([B]) and segmap_used[i] ([B, h, w]) may be NULL; else they
@@ -82,7 +105,7 @@ typedef struct rb_rel_loss_in {
     const rb_tensor *concept_latents; /* [B, n, 4, H, W] */
     int n_entities;
     const rb_tensor *segmaps;        /* [B, H0, W0] */
-    const rb_rel_attn_call *attn;    /* the call whose processors stored the maps (CAL), or NULL */
+    rb_rel_attn_call *attn;          /* the call whose processors stored the maps (CAL), or NULL */
 } rb_rel_loss_in;
 
 typedef struct rb_rel_loss_out {

@@ -306,15 +306,16 @@ static rb_status micro_batch(trainer *T, int item, double loss_scale, micro_out 
         goto out;
     }
     /* forward with the tape */
+    /* with CAL, each stored layer's term is computed inside its transformer block (in-block CAL,
+     * relation_loss.h), so the blocks can be recomputed in backward with the loss on */
     rb_rel_attn_call call = {.ms = {.adapter = &T->ad, .n_subjects = n, .boxes = smp.bboxes.data, .scale = p->ip_scale},
                              .pred_span = p->loss.w_cal != 0.0f ? ic->span : NULL,
-                             .max_hw = p->loss.cal_max_hw};
+                             .max_hw = p->loss.cal_max_hw, .segmaps = p->loss.w_cal != 0.0f ? seg3 : NULL};
     rb_rel_procs(&T->unet, &call, T->procs);
     c.tape = &T->tape;
-    /* Transformer blocks are recomputed in backward unless the cross-attention loss needs the predicate
-     * maps made inside them (the paper recipe has no CAL; with CAL the whole forward stays on the tape). */
+    /* Transformer blocks are always recomputed in backward: only their inputs and outputs stay on the tape. */
     rb_unet_in in = {.sample = xt, .timestep = ts, .encoder_hidden_states = ctx, .text_embeds = ic->pooled,
-                     .time_ids = tid, .procs = T->procs, .recompute = p->loss.w_cal == 0.0f};
+                     .time_ids = tid, .procs = T->procs, .recompute = 1};
     rb_unet_out uo;
     if ((s = rb_unet_forward(&c, &T->unet, &in, &uo)) != RB_OK)
         goto out;
@@ -372,9 +373,11 @@ static rb_status setup(trainer *T) {
     RB_TRY(rb_relation_dataset_open(&T->ds, p->data, &o));
     if (T->ds.n_items < 1)
         return rb_error(RB_ERR_INVALID, "%s: no samples", p->data);
-    /* default: 24 GiB at 1024 px (no recomputation yet, see docs/train.md), scaled with the pixel count */
+    /* default: 12 GiB of activations (+ 6 GiB of gradients) reserved at 1024 px, scaled with the pixel
+     * count; pages are touched only as used. With the blocks recomputed the bench's step reaches 0.9 + 0.8
+     * GiB at 512 px, ~4x that at 1024 (docs/bench-train.md). */
     double px = (double)p->resolution * p->resolution / (1024.0 * 1024.0);
-    size_t ab = p->arena_bytes ? p->arena_bytes : (size_t)fmax(512.0 * (1 << 20), px * 24.0 * (1 << 30));
+    size_t ab = p->arena_bytes ? p->arena_bytes : (size_t)fmax(512.0 * (1 << 20), px * 12.0 * (1 << 30));
     RB_TRY(rb_arena_init(&T->keep, (size_t)256 << 20, "train keep"));
     RB_TRY(rb_arena_init(&T->work, ab, "train activations"));
     RB_TRY(rb_arena_init(&T->grads, ab / 2, "train gradients"));
