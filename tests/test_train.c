@@ -139,6 +139,27 @@ static void t_resume_bit_exact(void) {
     rb_lora_free(&set);
 }
 
+/* --bf16: the same step with bf16 matrix products gives a loss within the bf16 tolerance of one model
+ * call (docs/precision.md: 16u = 3.1e-2 relative) of the f32 run's, and not the f32 value itself. */
+static void t_bf16_step(void) {
+    if (!setup())
+        return;
+    char out[4096];
+    rb_train_params p;
+    rb_train_result f, b;
+    snprintf(out, sizeof out, "%s/f32", t_tmpdir());
+    params(&p, out);
+    p.max_steps = 1, p.checkpoint_every = 0;
+    REQUIRE(rb_train(&p, &f) == RB_OK, "f32 run: %s", rb_last_error());
+    snprintf(out, sizeof out, "%s/bf16", t_tmpdir());
+    params(&p, out);
+    p.max_steps = 1, p.checkpoint_every = 0, p.compute = RB_BF16;
+    REQUIRE(rb_train(&p, &b) == RB_OK, "bf16 run: %s", rb_last_error());
+    double rel = fabs(b.final_loss - f.final_loss) / fabs(f.final_loss);
+    CHECK(isfinite(b.final_loss) && rel <= 3.1e-2 && rel > 0, "loss bf16 %.8g vs f32 %.8g (rel %.3g)", b.final_loss,
+          f.final_loss, rel);
+}
+
 /* mpirun -np 2 relbooth train with the same global batch as one process: the samples are shared out,
  * the gradients summed, so the weights agree to float32 rounding (the sum's order differs). */
 static void t_mpi_matches_single(void) {
@@ -224,6 +245,7 @@ int main(int argc, char **argv) {
     t_beside_self(argv[0], "../relbooth", relbooth_bin, sizeof relbooth_bin); /* build/tests/test_train -> build/relbooth */
     RUN(t_span);
     RUN(t_resume_bit_exact);
+    RUN(t_bf16_step);
     RUN(t_mpi_matches_single);
     return t_done();
 }

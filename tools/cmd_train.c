@@ -21,7 +21,8 @@ static void usage(FILE *f) {
             "  --steps N  --lr X  --weight-decay X  --adam | --adamw  --batch N  --accum N  --clip X (0: off)\n"
             "  --rank N  --alpha X  --kml X  --kml-tmax T (-1: every t)  --kml-ref-x4 (released index bug)\n"
             "  --cal X  --cal-max-hw N  --ip-scale X  --resolution N  --seed N  --dim-head N\n"
-            "  --checkpoint-every N  --resume DIR|latest  --arena-gib N  --json (summary on stdout)\n");
+            "  --checkpoint-every N  --resume DIR|latest  --arena-gib N  --json (summary on stdout)\n"
+            "  --bf16              bf16 matrix products (f32 accumulation; LoRA gradients and AdamW stay f32)\n");
 }
 
 typedef struct {
@@ -71,6 +72,8 @@ int cmd_train(int argc, char **argv) {
             p.adam.decoupled = 0;
         } else if (!strcmp(a, "--adamw")) {
             p.adam.decoupled = 1;
+        } else if (!strcmp(a, "--bf16")) {
+            p.compute = RB_BF16;
         } else if (!strcmp(a, "--kml-ref-x4")) {
             p.loss.kml_ref_scale = 4;
         } else if (ARG("--recipe")) {

@@ -36,6 +36,7 @@ rb_status rb_train_params_init(rb_train_params *p, const char *recipe) {
     p->max_steps = 500;
     p->checkpoint_every = 500;
     p->seed = 0;
+    p->compute = RB_F32;
     rb_adam_config_init(&p->adam);
     p->adam.lr = 1e-4;
     if (!recipe || !strcmp(recipe, "official")) {
@@ -116,6 +117,7 @@ static rb_status stage_text(trainer *T) {
         item_cond *ic = &T->cond[i];
         rb_ctx c;
         rb_ctx_init(&c, &T->work);
+        c.matmul_dtype = p->compute;
         rb_tensor *ids1 = rb_ctx_tensor(&c, RB_I64, 2, (int64_t[]){1, RB_CLIP_CONTEXT});
         rb_tensor *ids2 = rb_ctx_tensor(&c, RB_I64, 2, (int64_t[]){1, RB_CLIP_CONTEXT});
         rb_tensor *idp = rb_ctx_tensor(&c, RB_I64, 2, (int64_t[]){it->n, RB_CLIP_CONTEXT});
@@ -173,6 +175,7 @@ static rb_status stage_image(trainer *T) {
             break;
         rb_ctx c;
         rb_ctx_init(&c, &T->work);
+        c.matmul_dtype = p->compute;
         rb_clip_vision_out o;
         if ((s = rb_clip_vision_forward(&c, &enc, &smp.concept_images, 0, &o)) == RB_OK &&
             !(T->cond[i].clip_feats = keep_copy(T, o.penultimate)))
@@ -253,6 +256,7 @@ static rb_status micro_batch(trainer *T, int item, double loss_scale, micro_out 
     int n = smp.item->n;
     rb_ctx c;
     rb_ctx_init(&c, &T->work);
+    c.matmul_dtype = p->compute;
     rb_status s = RB_OK;
     rb_rng *g = &T->st.rng;
     float sf = T->vae.cfg.scaling_factor;

@@ -47,7 +47,9 @@ typedef struct rb_train_params {
     const char *resume;        /* a checkpoint folder, or "latest" (the newest under output_dir), or NULL */
     int stop_after;            /* > 0: stop (as if interrupted) after this step, after its checkpoint */
     int init_b_std_x1000;      /* tests: B ~ N(0, (x/1000)^2) instead of zero so that A gets gradients at once */
-    size_t arena_bytes;        /* activations (0: 24 GiB x (resolution/1024)^2, at least 512 MiB); gradients get half */
+    size_t arena_bytes;        /* activations (0: 12 GiB x (resolution/1024)^2, at least 512 MiB); gradients get half */
+    rb_dtype compute;          /* RB_F32 (default: the reference's numbers) or RB_BF16: matrix products in bf16 with f32
+                                * accumulation, forward and input gradients; LoRA weight gradients and AdamW stay f32 */
     void (*progress)(void *user, const rb_train_progress *p);
     void *user;
     volatile int *cancel;
