@@ -156,6 +156,7 @@ static void t_bf16_step(void) {
     p.max_steps = 1, p.checkpoint_every = 0, p.compute = RB_BF16;
     REQUIRE(rb_train(&p, &b) == RB_OK, "bf16 run: %s", rb_last_error());
     double rel = fabs(b.final_loss - f.final_loss) / fabs(f.final_loss);
+    printf("bf16 step loss %.8g, f32 %.8g, rel %.3g\n", b.final_loss, f.final_loss, rel);
     CHECK(isfinite(b.final_loss) && rel <= 3.1e-2 && rel > 0, "loss bf16 %.8g vs f32 %.8g (rel %.3g)", b.final_loss,
           f.final_loss, rel);
 }

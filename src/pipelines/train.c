@@ -175,7 +175,7 @@ static rb_status stage_image(trainer *T) {
             break;
         rb_ctx c;
         rb_ctx_init(&c, &T->work);
-        c.matmul_dtype = p->compute;
+        c.matmul_dtype = T->p->compute;
         rb_clip_vision_out o;
         if ((s = rb_clip_vision_forward(&c, &enc, &smp.concept_images, 0, &o)) == RB_OK &&
             !(T->cond[i].clip_feats = keep_copy(T, o.penultimate)))
