@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench.h"
 #include "bench_train.h"
@@ -19,12 +18,6 @@
 #include "ops/linear.h"
 #include "ops/ops.h"
 #include "pipelines/metrics.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- the cases ---- */
 
@@ -125,9 +118,9 @@ rb_status bench_peak_gflops(rb_arena *ar, rb_dtype dt, int reps, double *out) {
         g.a_str[1] = g.b_str[1] = 1;
         double best = 1e30;
         for (int r = 0; r <= reps && s == RB_OK; r++) { /* r = 0 warms up (creates, reorders b) */
-            double t0 = now();
+            double t0 = bench_now_s();
             s = rb_gemm_run(ar, c.data, a.data, b.data, NULL, &g, dt, RB_GEMM_B_FROZEN | RB_GEMM_B_ANY);
-            double t = now() - t0;
+            double t = bench_now_s() - t0;
             if (r > 0 && t < best)
                 best = t;
         }
@@ -242,9 +235,9 @@ int cmd_bench(int argc, char **argv) {
             double best = 1e30;
             for (int r = 0; r <= reps; r++) { /* r = 0 warms up */
                 size_t mark = rb_arena_mark(&ar);
-                double t0 = now();
+                double t0 = bench_now_s();
                 rb_tensor *y = bc->run(&c, bc, &d);
-                double t = now() - t0;
+                double t = bench_now_s() - t0;
                 rb_arena_reset(&ar, mark);
                 if (!y) {
                     rc = cli_fail("bench");

@@ -4,6 +4,15 @@
 
 #include "core/arena.h"
 
+/* bench_util.c: monotonic seconds; this process's peak RSS (getrusage ru_maxrss) in MiB; its CPU
+ * seconds (user + system, all threads: on a loaded machine CPU time / threads estimates the unloaded
+ * wall time); the 1-minute load average (-1 if unreadable), which every result carries because a
+ * shared machine distorts timings. */
+double bench_now_s(void);
+double bench_peak_rss_mib(void);
+double bench_cpu_s(void);
+double bench_load1(void);
+
 /* This run's oneDNN GEMM peak in GFLOP/s: a 2048^3 matmul on operands already in `dt`, weights
  * reordered once, best of `reps` after a warm-up. */
 rb_status bench_peak_gflops(rb_arena *ar, rb_dtype dt, int reps, double *out);

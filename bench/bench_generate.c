@@ -26,7 +26,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -53,23 +52,6 @@ typedef struct child_out {
     double first_step_s, warm_step_s; /* the first denoising step (page-ins, oneDNN set-up) and the mean of the rest */
     double peak_rss_mib;   /* filled by the parent from wait4 */
 } child_out;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double load1(void) {
-    double l = -1;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f) {
-        if (fscanf(f, "%lf", &l) != 1)
-            l = -1;
-        fclose(f);
-    }
-    return l;
-}
 
 /* A field of /proc/self/status in MiB (-1 if unreadable): VmHWM (peak RSS since the last reset),
  * RssAnon (allocations), RssFile (mapped checkpoint pages). */
@@ -189,7 +171,7 @@ static void write_child(void *arg, child_out *out) {
     if (!a->o->tiny)
         fprintf(stderr, "bench generate: writing a full-size random model set into %s (tokenizers: %s)\n", a->dir,
                 d.tokenizer_dir ? d.tokenizer_dir : "the demo's byte-level vocabulary; no CLIP vocab found");
-    double t0 = now_s();
+    double t0 = bench_now_s();
     rb_status s = rb_demo_write_models_opts(a->dir, &d);
     char p[4200];
     for (int i = 0; s == RB_OK && i < RB_MAX_SUBJECTS; i++) {
@@ -198,7 +180,7 @@ static void write_child(void *arg, child_out *out) {
     }
     if (!a->o->tiny)
         fputc('\n', stderr);
-    out->value = now_s() - t0;
+    out->value = bench_now_s() - t0;
     out->ok = s == RB_OK;
     if (!out->ok)
         snprintf(out->err, sizeof out->err, "%s", rb_last_error());
@@ -236,7 +218,7 @@ typedef struct gen_arg {
  * of the UNet's weights and oneDNN's primitive creation, so the step figure is the mean of the others. */
 static void gen_step(void *user, const rb_gen_step *st) {
     gen_arg *g = user;
-    double t = now_s();
+    double t = bench_now_s();
     if (st->step == 0) {
         g->out->first_step_s = t - g->t_denoise;
     } else {
@@ -264,7 +246,7 @@ static void gen_progress(void *user, const char *stage, int done, int total) {
     else if (!strcmp(stage, "image") && done == total)
         mark(g, 1), hwm_reset();
     else if (!strcmp(stage, "denoise") && done == 0)
-        mark(g, 2), hwm_reset(), g->t_denoise = now_s(); /* the UNet is loaded */
+        mark(g, 2), hwm_reset(), g->t_denoise = bench_now_s(); /* the UNet is loaded */
     else if (!strcmp(stage, "denoise") && done == total)
         mark(g, 3);
     else if (!strcmp(stage, "decode") && done == 0)
@@ -477,7 +459,7 @@ int bench_generate_main(int argc, char **argv) {
                    over, gf, gf0, pk.value, eff,
                    eff0, run[0].peak_rss_mib, run[1].peak_rss_mib, sm[0], sm[1], sm[2], sm[3], sm[4], an[0], an[1], an[2],
                    an[3], an[4], fi[0], fi[1], fi[2], fi[3], fi[4], pm[0], pm[1], pm[2], pm[3], pm[4], w.value,
-                   w.peak_rss_mib, reused ? "true" : "false", load1());
+                   w.peak_rss_mib, reused ? "true" : "false", bench_load1());
         } else {
             printf("bench generate: %dx%d, %d subjects (boxes side by side), %d steps, %s compute, %d threads; local "
                    "tokens off\n",
@@ -495,7 +477,7 @@ int bench_generate_main(int argc, char **argv) {
             printf("  masked image attention overhead: %+.1f%% per step\n", over * 100);
             printf("  peak RSS %.0f MiB (plain: %.0f MiB); per stage: text %.0f, image %.0f, UNet load %.0f, denoise %.0f, "
                    "decode %.0f MiB; load %.2f\n",
-                   run[0].peak_rss_mib, run[1].peak_rss_mib, sm[0], sm[1], sm[2], sm[3], sm[4], load1());
+                   run[0].peak_rss_mib, run[1].peak_rss_mib, sm[0], sm[1], sm[2], sm[3], sm[4], bench_load1());
         }
     }
 out:

@@ -17,12 +17,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
 #include "cli.h"
+#include "demo_models.h"
 #include "core/mem.h"
 #include "io/safetensors.h"
 #include "models/clip_model.h"
@@ -31,37 +30,6 @@
 #include "models/vae.h"
 #include "ops/dnnl.h"
 #include "text/clip_tokenizer.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double peak_rss_mib(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
-}
-
-/* CPU seconds this process has used (user + system, all threads): on a loaded machine the call's
- * CPU time / threads estimates its unloaded wall time */
-static double cpu_s(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
-}
-
-static double load1(void) { /* the machine is shared: every result carries the load it ran under */
-    double l = -1;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f) {
-        if (fscanf(f, "%lf", &l) != 1)
-            l = -1;
-        fclose(f);
-    }
-    return l;
-}
 
 /* ---- random weights: every block is one rb_alloc, chained for freeing ---- */
 
@@ -98,14 +66,6 @@ static void pool_free(pool *p) {
     p->head = NULL;
 }
 
-static float hash_uniform(uint64_t seed, uint64_t i) { /* splitmix64 of (seed, i) -> [-1, 1) */
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)((double)(z >> 11) * (2.0 / 9007199254740992.0) - 1.0);
-}
-
 enum { P_MATRIX, P_GAIN, P_BIAS };
 
 static rb_tensor *param(pool *p, int kind, int ndim, const int64_t *shape) {
@@ -122,7 +82,7 @@ static rb_tensor *param(pool *p, int kind, int ndim, const int64_t *shape) {
     uint64_t seed = (p->seed++ + 1) * 0x632BE59BD9B4E019ull;
 #pragma omp parallel for schedule(static) if (n > 262144)
     for (int64_t i = 0; i < n; i++) {
-        float v = kind == P_GAIN ? 1.0f : a * hash_uniform(seed, (uint64_t)i);
+        float v = kind == P_GAIN ? 1.0f : a * rb_demo_hash_uniform(seed, (uint64_t)i);
         if (dt == RB_F32)
             ((float *)data)[i] = v;
         else
@@ -223,13 +183,13 @@ static void report(const opts *o, const char *what, double seconds, double cpu, 
     if (o->json)
         printf("{\"bench\": \"%s\", \"dtype\": \"%s\", \"threads\": %d, \"seconds\": %.6f, \"gflop\": %.6f, "
                "\"gflops\": %.1f, \"peak_gflops\": %.1f, \"efficiency\": %.4f, \"peak_rss_mib\": %.1f, \"cpu_seconds\": %.3f, \"load1\": %.2f%s}\n",
-               what, rb_dtype_name(o->dt), o->threads, seconds, gflop, gflop / seconds, peak, eff, peak_rss_mib(), cpu,
-               load1(), extra ? extra : "");
+               what, rb_dtype_name(o->dt), o->threads, seconds, gflop, gflop / seconds, peak, eff, bench_peak_rss_mib(), cpu,
+               bench_load1(), extra ? extra : "");
     else
         printf("%s (%s, %d threads): %.3f s, %.1f GFLOP, %.1f GFLOP/s = %.1f%% of this run's %s GEMM peak %.1f GFLOP/s; "
                "peak RSS %.0f MiB; CPU time %.2f s (%.2f s per thread); load %.2f\n",
                what, rb_dtype_name(o->dt), o->threads, seconds, gflop, gflop / seconds, eff * 100, rb_dtype_name(o->dt),
-               peak, peak_rss_mib(), cpu, cpu / o->threads, load1());
+               peak, bench_peak_rss_mib(), cpu, cpu / o->threads, bench_load1());
 }
 
 /* ================================ UNet ================================ */
@@ -354,7 +314,7 @@ static rb_status alloc_rand(rb_tensor *t, int ndim, const int64_t *shape, uint64
     RB_TRY(rb_tensor_alloc(t, RB_F32, ndim, shape, "bench input"));
     float *d = t->data;
     for (int64_t i = 0; i < rb_numel(t); i++)
-        d[i] = scale * hash_uniform(seed, (uint64_t)i);
+        d[i] = scale * rb_demo_hash_uniform(seed, (uint64_t)i);
     return RB_OK;
 }
 
@@ -363,12 +323,12 @@ static int bench_unet(const opts *o) {
     pool p = {.wdt = RB_BF16, .s = RB_OK};
     rb_unet m;
     unet_fill u = {0};
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (unet_build(&m, &p, o->tiny, &u) != RB_OK) {
         pool_free(&p);
         return cli_fail("bench unet");
     }
-    double build_s = now_s() - t0;
+    double build_s = bench_now_s() - t0;
     rb_arena ar;
     /* activations: skips and one block's working set (flash attention: nothing ~ tokens^2) */
     size_t cap = (size_t)256 << 20;
@@ -407,9 +367,9 @@ static int bench_unet(const opts *o) {
         c.matmul_dtype = o->dt;
         size_t mark = rb_arena_mark(&ar);
         rb_unet_out out;
-        double ta = now_s(), ca = cpu_s();
+        double ta = bench_now_s(), ca = bench_cpu_s();
         s = rb_unet_forward(&c, &m, &in, &out);
-        double t = now_s() - ta, ct = cpu_s() - ca;
+        double t = bench_now_s() - ta, ct = bench_cpu_s() - ca;
         if (s == RB_OK && !isfinite(((float *)out.sample->data)[0]))
             s = rb_error(RB_ERR_INTERNAL, "bench unet: non-finite output");
         rb_arena_reset(&ar, mark);
@@ -548,9 +508,9 @@ static int bench_vae(const opts *o) {
         rb_ctx_init(&c, &ar);
         c.matmul_dtype = o->dt;
         size_t mark = rb_arena_mark(&ar);
-        double ta = now_s(), ca = cpu_s();
+        double ta = bench_now_s(), ca = bench_cpu_s();
         rb_tensor *y = rb_vae_decode(&c, &m, &z, 0, NULL);
-        double t = now_s() - ta, ct = cpu_s() - ca;
+        double t = bench_now_s() - ta, ct = bench_cpu_s() - ca;
         s = y ? RB_OK : c.status;
         rb_arena_reset(&ar, mark);
         if ((r > 0 || o->reps == 0) && t < best)
@@ -658,10 +618,10 @@ static int bench_text(const opts *o) {
         for (int j = 0; j < RB_CLIP_CONTEXT; j++)
             ids[k][j] = j == 0 ? 49406 : j <= 20 ? 320 + 37 * j : j == 21 || k == 0 ? 49407 : 0;
     for (int r = 0; r <= o->reps && s == RB_OK; r++) {
-        double ta = now_s(), ca = cpu_s();
+        double ta = bench_now_s(), ca = bench_cpu_s();
         for (int k = 0; k < 2 && tk[k] && s == RB_OK; k++)
             s = rb_clip_tokenize(tk[k], prompt, ids[k], mask, NULL);
-        double tt = now_s() - ta, te[2] = {0, 0};
+        double tt = bench_now_s() - ta, te[2] = {0, 0};
         for (int k = 0; k < 2 && s == RB_OK; k++) {
             rb_ctx c;
             rb_ctx_init(&c, &ar);
@@ -669,13 +629,13 @@ static int bench_text(const opts *o) {
             size_t mark = rb_arena_mark(&ar);
             rb_tensor idt = rb_tensor_wrap(ids[k], RB_I64, 2, (int64_t[]){1, RB_CLIP_CONTEXT});
             rb_clip_text_out out;
-            double tb = now_s();
+            double tb = bench_now_s();
             s = rb_clip_text_forward(&c, &enc[k], &idt, 0, &out);
-            te[k] = now_s() - tb;
+            te[k] = bench_now_s() - tb;
             rb_arena_reset(&ar, mark);
         }
         if ((r > 0 || o->reps == 0) && tt + te[0] + te[1] < best[0] + best[1] + best[2])
-            best[0] = tt, best[1] = te[0], best[2] = te[1], best_cpu = cpu_s() - ca;
+            best[0] = tt, best[1] = te[0], best[2] = te[1], best_cpu = bench_cpu_s() - ca;
     }
     int rc = RB_EXIT_OK;
     if (s != RB_OK)
@@ -744,9 +704,9 @@ static int bench_open(const opts *o) {
             s = u.names && u.tensors ? unet_build(&m, &p, o->tiny, &u) : p.s;
         }
         if (s == RB_OK) {
-            double t0 = now_s();
+            double t0 = bench_now_s();
             s = rb_st_write(path, u.n, (const char *const *)u.names, (const rb_tensor *const *)u.tensors, 0, NULL, NULL);
-            write_s = now_s() - t0;
+            write_s = bench_now_s() - t0;
             rb_unet_free(&m);
         }
         pool_free(&p);
@@ -766,14 +726,14 @@ static int bench_open(const opts *o) {
             }
         }
         rb_safetensors f;
-        double t0 = now_s();
+        double t0 = bench_now_s();
         s = rb_st_open(&f, path);
-        t_open[r] = now_s() - t0;
+        t_open[r] = bench_now_s() - t0;
         if (s != RB_OK)
             break;
-        t0 = now_s();
+        t0 = bench_now_s();
         sum += touch(&f);
-        t_touch[r] = now_s() - t0;
+        t_touch[r] = bench_now_s() - t0;
         bytes = f.map_size, n_tensors = f.n;
         rb_st_close(&f);
     }
@@ -786,14 +746,14 @@ static int bench_open(const opts *o) {
                "%.3f, \"warm_read_s\": %.3f, \"write_s\": %.2f, \"gib\": %.3f, \"tensors\": %d, \"peak_rss_mib\": %.1f, "
                "\"load1\": %.2f, \"checksum\": %llu}\n",
                t_open[1], t_open[0], t_open[1], t_touch[0], t_touch[1], write_s, (double)bytes / (1 << 30), n_tensors,
-               peak_rss_mib(), load1(), (unsigned long long)sum);
+               bench_peak_rss_mib(), bench_load1(), (unsigned long long)sum);
     else
         printf("open %s (%.2f GiB, %d tensors%s): rb_st_open %.4f s %s, %.4f s warm; reading every page %.2f s %s, "
                "%.2f s warm; peak RSS %.0f MiB; load %.2f\n",
                o->synthetic ? "synthetic SDXL UNet" : path, (double)bytes / (1 << 30), n_tensors,
                o->synthetic ? (snprintf(tmp, sizeof tmp, ", written in %.1f s", write_s), tmp) : "", t_open[0],
                o->synthetic ? "cold" : "first", t_open[1], t_touch[0], o->synthetic ? "cold" : "first", t_touch[1],
-               peak_rss_mib(), load1());
+               bench_peak_rss_mib(), bench_load1());
     return RB_EXIT_OK;
 }
 

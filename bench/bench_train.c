@@ -24,9 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 
+#include "bench.h"
 #include "cli.h"
 #include "core/mem.h"
 #include "models/lora.h"
@@ -35,18 +34,6 @@
 #include "ops/optim.h"
 #include "ops/tape.h"
 #include "pipelines/relation_loss.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double peak_rss_mib(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
-}
 
 /* ---- deterministic fill ---- */
 
@@ -366,7 +353,7 @@ static rb_status one_step(bench_state *B, const bench_opts *o, step_result *r) {
                              .segmaps = o->cal ? seg : NULL};
     rb_rel_procs(&B->unet, &call, B->procs);
     rb_status s = RB_OK;
-    double t0 = now();
+    double t0 = bench_now_s();
     c.tape = &B->tape;
     rb_unet_in in = {.sample = xt, .timestep = ts, .encoder_hidden_states = ctx, .text_embeds = pooled,
                      .time_ids = tid, .procs = B->procs, .recompute = o->recompute};
@@ -378,10 +365,10 @@ static rb_status one_step(bench_state *B, const bench_opts *o, step_result *r) {
                          .keypoints = kp, .concept_latents = cl, .n_entities = N_SUBJ, .segmaps = seg, .attn = &call};
     if ((s = rb_rel_loss(&c, &lc, &li, &lo)) != RB_OK)
         goto out;
-    double t1 = now();
+    double t1 = bench_now_s();
     if ((s = rb_backward(&c, lo.total)) != RB_OK)
         goto out;
-    double t2 = now();
+    double t2 = bench_now_s();
     r->grad_sq = 0;
     for (int i = 0; i < B->n_params; i++) {
         const float *g = B->grads[i].data;
@@ -391,7 +378,7 @@ static rb_status one_step(bench_state *B, const bench_opts *o, step_result *r) {
     if ((s = rb_adam_step(&B->opt)) != RB_OK)
         goto out;
     rb_adam_zero_grad(&B->opt);
-    double t3 = now();
+    double t3 = bench_now_s();
     r->fwd = t1 - t0, r->bwd = t2 - t1, r->opt = t3 - t2;
     r->loss = ((float *)lo.total->data)[0], r->mse = ((float *)lo.mse->data)[0];
     r->kml = lo.kml ? ((float *)lo.kml->data)[0] : NAN;
@@ -459,9 +446,9 @@ int bench_train_main(int argc, char **argv) {
     bench_state *B = rb_calloc(sizeof *B, "bench state");
     if (!B)
         return cli_fail("bench train");
-    double t0 = now();
+    double t0 = bench_now_s();
     rb_status s = setup(B, &o);
-    double setup_s = now() - t0;
+    double setup_s = bench_now_s() - t0;
     step_result best = {.fwd = INFINITY}, r;
     double best_total = INFINITY;
     for (int i = 0; s == RB_OK && i < o.warmup + o.reps; i++) {
@@ -479,7 +466,7 @@ int bench_train_main(int argc, char **argv) {
     if (s != RB_OK)
         rc = cli_fail("bench train");
     else {
-        double rss = peak_rss_mib(), wmib = B->ws.bytes / (1 << 20);
+        double rss = bench_peak_rss_mib(), wmib = B->ws.bytes / (1 << 20);
         const char *dt = o.mm == RB_BF16 ? "bf16" : "f32";
         char b1[32], b2[32];
         if (o.json)

@@ -74,7 +74,7 @@ static rb_status fill_randn(rb_rng *g, float *x, int64_t n, int64_t fan_in, int 
     return RB_OK;
 }
 
-static float hash_uniform(uint64_t seed, uint64_t i) { /* splitmix64 of (seed, i) -> [-1, 1) */
+float rb_demo_hash_uniform(uint64_t seed, uint64_t i) {
     uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -88,7 +88,7 @@ static void fill_hash(void *out, rb_dtype dt, uint64_t seed, int64_t off, int64_
     float a = kind == K_MAT ? sqrtf(3.0f / (float)fan_in) : 0.02f;
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) {
-        float v = kind == K_NORM ? 1.0f : a * hash_uniform(seed, (uint64_t)(off + i));
+        float v = kind == K_NORM ? 1.0f : a * rb_demo_hash_uniform(seed, (uint64_t)(off + i));
         if (dt == RB_BF16)
             ((uint16_t *)out)[i] = rb_f32_to_bf16(v);
         else

@@ -38,4 +38,8 @@ rb_status rb_demo_write_adapter(const char *path, int n, const char *const *name
 /* A 128x128 PNG of a drawn subject: a cat-like (bear = 0) or bear-like (bear = 1) head (tools/cmd_demo.c). */
 rb_status rb_demo_draw_subject(const char *path, int bear);
 
+/* splitmix64 of (seed, i) -> uniform in [-1, 1): the random weights of the full-size sets (also bench
+ * unet/vae/text's), parallel and independent of the thread count. */
+float rb_demo_hash_uniform(uint64_t seed, uint64_t i);
+
 #endif
