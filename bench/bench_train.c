@@ -34,6 +34,7 @@
 #include "ops/optim.h"
 #include "ops/tape.h"
 #include "pipelines/relation_loss.h"
+#include "pipelines/train.h"
 
 /* ---- deterministic fill ---- */
 
@@ -225,21 +226,10 @@ static rb_status setup(bench_state *B, const bench_opts *o) {
     /* LoRA rank 4 (alpha 4) on every attn2 q/k/v/out: A ~ U with std 1/r, B small (not zero, so
      * every gradient is non-trivial) */
     rb_lora_init(&B->lora);
-    for (int i = 0; i < B->unet.n_attn; i++) {
-        const rb_unet_attn *a = B->unet.attn[i];
-        if (!a->cross)
-            continue;
-        static const char *proj[4] = {"to_q", "to_k", "to_v", "to_out.0"};
-        for (int k = 0; k < 4; k++) {
-            char mod[160];
-            snprintf(mod, sizeof mod, "%s.%s", a->name, proj[k]);
-            int64_t in = k == 1 || k == 2 ? a->context_dim : a->dim;
-            rb_lora_pair *pr = rb_lora_add(&B->lora, "unet", mod, 4, in, a->dim, 4.0f);
-            if (!pr)
-                return RB_ERR_OOM;
-            fill_uniform(pr->down, 90000u + (uint64_t)B->lora.n, 0.25f);
-            fill_uniform(pr->up, 190000u + (uint64_t)B->lora.n, 1e-3f);
-        }
+    RB_TRY(rb_train_lora_pairs(&B->lora, &B->unet, 4, 4.0f));
+    for (int i = 0; i < B->lora.n; i++) {
+        fill_uniform(B->lora.pairs[i]->down, 90000u + (uint64_t)i + 1, 0.25f);
+        fill_uniform(B->lora.pairs[i]->up, 190000u + (uint64_t)i + 1, 1e-3f);
     }
     B->n_params = 2 * B->lora.n;
     B->params = rb_calloc((size_t)B->n_params * sizeof *B->params, "bench LoRA parameters");

@@ -3,16 +3,23 @@
 #include "core/file.h"
 #include "core/mem.h"
 
-rb_status rb_json_load_object(const char *path, json_t **out) {
+rb_status rb_json_load(const char *path, json_t **out) {
     *out = NULL;
     char *text;
     size_t len;
     RB_TRY(rb_read_file(path, RB_JSON_MAX_BYTES, &text, &len));
     json_error_t err;
-    json_t *j = json_loadb(text, len, 0, &err);
+    *out = json_loadb(text, len, 0, &err);
     rb_free(text);
-    if (!j)
+    if (!*out)
         return rb_error(RB_ERR_FORMAT, "%s: invalid JSON at line %d: %s", path, err.line, err.text);
+    return RB_OK;
+}
+
+rb_status rb_json_load_object(const char *path, json_t **out) {
+    *out = NULL;
+    json_t *j;
+    RB_TRY(rb_json_load(path, &j));
     if (!json_is_object(j)) {
         json_decref(j);
         return rb_error(RB_ERR_FORMAT, "%s: not a JSON object", path);

@@ -8,6 +8,10 @@
 
 #define RB_JSON_MAX_BYTES (64u << 20)
 
+/* Parses `path` (any JSON value). RB_ERR_IO when it cannot be read, RB_ERR_FORMAT for a syntax error
+ * (the message names the file and the line). The caller owns *out (json_decref). */
+rb_status rb_json_load(const char *path, json_t **out);
+
 /* Parses `path`, which must hold a JSON object. RB_ERR_IO when it cannot be read, RB_ERR_FORMAT
  * when it is not a JSON object (the message names the file, and the line for syntax errors). The
  * caller owns *out (json_decref). */

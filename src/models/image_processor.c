@@ -9,8 +9,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "core/file.h"
 #include "core/mem.h"
+#include "io/json.h"
 
 /* Pillow is built without FMA contraction (Debian: x86-64 baseline, GNU C); a fused multiply-add in
  * the filter polynomials or in `center` would change coefficients in the last bit. -std=c11 already
@@ -504,16 +504,8 @@ static rb_status parse_config(json_t *root, rb_preprocess_config *cfg, const cha
 rb_status rb_preprocess_config_load(rb_preprocess_config *cfg, const char *path) {
     if (!cfg || !path)
         return rb_error(RB_ERR_INVALID, "preprocessor config: NULL argument");
-    char *text;
-    size_t len;
-    RB_TRY(rb_read_file(path, 1u << 20, &text, &len));
-    json_error_t err;
-    json_t *root = json_loadb(text, len, 0, &err);
-    rb_free(text);
-    if (!root || !json_is_object(root)) {
-        json_decref(root);
-        return rb_error(RB_ERR_FORMAT, "%s: not a JSON object (line %d: %s)", path, err.line, err.text);
-    }
+    json_t *root;
+    RB_TRY(rb_json_load_object(path, &root));
     rb_preprocess_config tmp;
     rb_status s = parse_config(root, &tmp, path);
     json_decref(root);

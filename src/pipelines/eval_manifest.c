@@ -468,14 +468,10 @@ static rb_status load_relationbench(rb_eval_manifest *m, json_t *arr, const char
 
 rb_status rb_eval_manifest_load(rb_eval_manifest *m, const char *path, const char *root, const char *lora_dir) {
     memset(m, 0, sizeof *m);
-    char *text;
-    size_t len;
-    RB_TRY(rb_read_file(path, RB_JSON_MAX_BYTES, &text, &len));
-    json_error_t err;
-    json_t *j = json_loadb(text, len, 0, &err);
-    rb_free(text);
-    if (!j)
-        return rb_error(RB_ERR_FORMAT, "manifest %s: invalid JSON at line %d: %s", path, err.line, err.text);
+    json_t *j;
+    rb_status ls = rb_json_load(path, &j);
+    if (ls != RB_OK)
+        return rb_error_prefix(ls, "manifest");
     char *pcopy = strdup(path);
     if (!pcopy) {
         json_decref(j);

@@ -190,35 +190,40 @@ static rb_status stage_image(trainer *T) {
 
 /* ---- LoRA parameters ---- */
 
-static rb_status make_lora(trainer *T) {
-    const rb_train_params *p = T->p;
-    rb_lora_init(&T->lora);
-    rb_rng g;
-    rb_rng_torch_cpu(&g, p->seed);
-    for (int i = 0; i < T->unet.n_attn; i++) {
-        const rb_unet_attn *a = T->unet.attn[i];
-        if (!a->cross)
-            continue;
-        static const char *proj[4] = {"to_q", "to_k", "to_v", "to_out.0"};
-        for (int k = 0; k < 4; k++) {
+rb_status rb_train_lora_pairs(rb_lora_set *set, const rb_unet *unet, int rank, float alpha) {
+    static const char *proj[4] = {"to_q", "to_k", "to_v", "to_out.0"};
+    for (int i = 0; i < unet->n_attn; i++) {
+        const rb_unet_attn *a = unet->attn[i];
+        for (int k = 0; a->cross && k < 4; k++) {
             char mod[160];
             snprintf(mod, sizeof mod, "%s.%s", a->name, proj[k]);
             int64_t in = k == 1 || k == 2 ? a->context_dim : a->dim;
-            rb_lora_pair *pr = rb_lora_add(&T->lora, "unet", mod, p->rank, in, a->dim, p->alpha);
-            if (!pr)
+            if (!rb_lora_add(set, "unet", mod, rank, in, a->dim, alpha))
                 return RB_ERR_OOM;
-            /* PEFT init_lora_weights="gaussian": A ~ N(0, (1/r)^2), B = 0 */
-            int64_t n = rb_numel(pr->down);
-            float *d = pr->down->data;
-            RB_TRY(rb_rng_randn(&g, d, n));
-            for (int64_t j = 0; j < n; j++)
-                d[j] /= (float)p->rank;
-            if (p->init_b_std_x1000 > 0) {
-                float *u = pr->up->data;
-                RB_TRY(rb_rng_randn(&g, u, rb_numel(pr->up)));
-                for (int64_t j = 0; j < rb_numel(pr->up); j++)
-                    u[j] *= (float)p->init_b_std_x1000 / 1000.0f;
-            }
+        }
+    }
+    return RB_OK;
+}
+
+static rb_status make_lora(trainer *T) {
+    const rb_train_params *p = T->p;
+    rb_lora_init(&T->lora);
+    RB_TRY(rb_train_lora_pairs(&T->lora, &T->unet, p->rank, p->alpha));
+    rb_rng g;
+    rb_rng_torch_cpu(&g, p->seed);
+    for (int i = 0; i < T->lora.n; i++) { /* in the order the pairs were added: the generator's draws */
+        rb_lora_pair *pr = T->lora.pairs[i];
+        /* PEFT init_lora_weights="gaussian": A ~ N(0, (1/r)^2), B = 0 */
+        int64_t n = rb_numel(pr->down);
+        float *d = pr->down->data;
+        RB_TRY(rb_rng_randn(&g, d, n));
+        for (int64_t j = 0; j < n; j++)
+            d[j] /= (float)p->rank;
+        if (p->init_b_std_x1000 > 0) {
+            float *u = pr->up->data;
+            RB_TRY(rb_rng_randn(&g, u, rb_numel(pr->up)));
+            for (int64_t j = 0; j < rb_numel(pr->up); j++)
+                u[j] *= (float)p->init_b_std_x1000 / 1000.0f;
         }
     }
     T->n_params = 2 * T->lora.n;

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "models/lora.h"
 #include "ops/optim.h"
 #include "pipelines/relation_loss.h"
 
@@ -71,6 +72,10 @@ typedef struct rb_train_result {
 } rb_train_result;
 
 rb_status rb_train(const rb_train_params *p, rb_train_result *res);
+
+/* RelationLoRA's pairs (what trains): rank r, alpha, on attn2.to_q/to_k/to_v/to_out.0 of every
+ * transformer block, in the UNet's attention order, added zero-initialised to `set` (rb_lora_init'ed). */
+rb_status rb_train_lora_pairs(rb_lora_set *set, const rb_unet *unet, int rank, float alpha);
 
 
 #endif

@@ -18,6 +18,7 @@
 #include "core/file.h"
 #include "core/mem.h"
 #include "core/strmap.h"
+#include "io/json.h"
 
 #define MAX_VOCAB_BYTES (64u << 20)
 #define MAX_TEXT_BYTES (1u << 20)
@@ -45,16 +46,8 @@ static void init_byte_map(rb_clip_tokenizer *t) {
 }
 
 static rb_status load_vocab(rb_clip_tokenizer *t, const char *path) {
-    char *text;
-    size_t len;
-    RB_TRY(rb_read_file(path, MAX_VOCAB_BYTES, &text, &len));
-    json_error_t err;
-    json_t *root = json_loadb(text, len, 0, &err);
-    rb_free(text);
-    if (!root || !json_is_object(root)) {
-        json_decref(root);
-        return rb_error(RB_ERR_FORMAT, "%s: not a JSON object (line %d: %s)", path, err.line, err.text);
-    }
+    json_t *root;
+    RB_TRY(rb_json_load_object(path, &root));
     size_t n = json_object_size(root);
     rb_status s = rb_strmap_init(&t->vocab, (uint32_t)n);
     t->id_to_token = s == RB_OK ? rb_calloc(n * sizeof(char *), "vocabulary") : NULL;
@@ -116,10 +109,11 @@ static rb_status load_pad(rb_clip_tokenizer *t, const char *dir) {
     snprintf(path, sizeof path, "%s/special_tokens_map.json", dir);
     t->pad = t->eos;
     t->pad_str[0] = 0;
-    json_error_t err;
-    json_t *root = json_load_file(path, 0, &err);
-    if (!root)
+    json_t *root;
+    if (rb_json_load_object(path, &root) != RB_OK) {
+        rb_clear_error();
         return RB_OK; /* optional: CLIP's default pads with <|endoftext|> */
+    }
     json_t *pad = json_object_get(root, "pad_token");
     if (json_is_object(pad))
         pad = json_object_get(pad, "content");
