@@ -1,6 +1,8 @@
 #include "arena.h"
 
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "mem.h"
 
@@ -18,6 +20,14 @@ void rb_arena_free(rb_arena *a) {
     rb_free(a->base);
     a->base = NULL;
     a->cap = a->used = 0;
+}
+
+void rb_arena_trim(rb_arena *a) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)a->base + a->used + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)a->base + a->cap) & ~(page - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED); /* advisory: on failure the pages simply stay */
 }
 
 void *rb_arena_alloc(rb_arena *a, size_t bytes) {

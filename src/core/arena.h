@@ -17,6 +17,10 @@ rb_status rb_arena_init(rb_arena *a, size_t cap, const char *name);
 void rb_arena_free(rb_arena *a);
 /* 64-byte aligned; NULL with rb_last_error naming the arena when it is full. */
 void *rb_arena_alloc(rb_arena *a, size_t bytes);
+/* Gives the physical pages above the current `used` back to the system (they read as zero when
+ * touched again). Pages stay resident once touched, so a stage that needed much scratch would
+ * otherwise keep it through the next stages; call between stages, after resetting. */
+void rb_arena_trim(rb_arena *a);
 static inline size_t rb_arena_mark(const rb_arena *a) { return a->used; }
 static inline void rb_arena_reset(rb_arena *a, size_t mark) { a->used = mark < a->used ? mark : a->used; }
 /* Header and data both from the arena; contiguous; contents uninitialised (zeroed for _zeros). */

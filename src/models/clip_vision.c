@@ -328,7 +328,10 @@ rb_status rb_clip_vision_forward(rb_ctx *c, const rb_clip_vision *m, rb_tensor *
     for (int i = 0; i < cf->layers; i++) {
         if (i == cf->layers - 1)
             out->penultimate = x;
-        x = rb_clip_vision_layer(c, m, i, x);
+        /* inference drops each layer's scratch (bigG on two references: ~3 GB otherwise); the hidden
+         * states collected so far lie below the mark and stay */
+        size_t mk = rb_arena_mark(c->arena);
+        x = rb_ctx_keep(c, mk, rb_clip_vision_layer(c, m, i, x));
         if (collect_hidden)
             out->hidden[i + 1] = x;
     }

@@ -64,24 +64,6 @@ void rb_local_encoder_free(rb_local_encoder *e) { rb_clip_vision_free(&e->vis); 
 
 /* ---- dense features ---- */
 
-/* Moves `t` (allocated after `mark`) down to `mark`, freeing the scratch allocated since (inference
- * only), as in unet_blocks.c: a layer's intermediates do not pile up over 48 layers. */
-static rb_tensor *keep(rb_ctx *c, size_t mark, rb_tensor *t) {
-    if (!t || c->tape || c->status != RB_OK || !rb_is_contiguous(t))
-        return t;
-    char *base = c->arena->base;
-    if ((char *)t->data < base + mark || (char *)t->data >= base + c->arena->used)
-        return t;
-    rb_tensor h = *t;
-    void *old = h.data;
-    rb_arena_reset(c->arena, mark);
-    rb_tensor *n = rb_ctx_tensor(c, RB_F32, h.ndim, h.shape);
-    if (!n)
-        return NULL;
-    memmove(n->data, old, rb_nbytes(&h)); /* new data starts at or below old: memmove handles overlap */
-    return n;
-}
-
 rb_tensor *rb_local_position_embedding(rb_ctx *c, const rb_local_encoder *e, int64_t gh, int64_t gw) {
     if (c->status != RB_OK)
         return NULL;
@@ -134,14 +116,14 @@ rb_tensor *rb_local_dense(rb_ctx *c, const rb_local_encoder *e, rb_tensor *pixel
     size_t mk = rb_arena_mark(c->arena);
     rb_tensor *pos = rb_local_position_embedding(c, e, gh, gw);
     rb_tensor *x = rb_clip_vision_embed(c, m, pixels, pos);
-    x = keep(c, mk, rb_layer_norm(c, x, m->pre_ln_w, m->pre_ln_b, cf->layer_norm_eps));
+    x = rb_ctx_keep(c, mk, rb_layer_norm(c, x, m->pre_ln_w, m->pre_ln_b, cf->layer_norm_eps));
     for (int i = 0; i < cf->layers - 1; i++) {
         mk = rb_arena_mark(c->arena);
-        x = keep(c, mk, rb_clip_vision_layer(c, m, i, x));
+        x = rb_ctx_keep(c, mk, rb_clip_vision_layer(c, m, i, x));
     }
     /* the reference also runs the normal last block and discards its output: not needed here */
     mk = rb_arena_mark(c->arena);
-    x = keep(c, mk, block_without_attn(c, m, cf->layers - 1, x));
+    x = rb_ctx_keep(c, mk, block_without_attn(c, m, cf->layers - 1, x));
     /* drop the class token, ln_post on the patch tokens, no projection, L2 over channels */
     rb_tensor *ln = rb_layer_norm(c, rb_slice(c, x, 1, 1, 1 + gh * gw), m->post_ln_w, m->post_ln_b,
                                   cf->layer_norm_eps);

@@ -12,26 +12,6 @@
 
 #include "unet.h"
 
-/* Moves `t` (allocated after `mark`) down to `mark`, freeing everything else allocated since. */
-static rb_tensor *keep(rb_ctx *c, size_t mark, rb_tensor *t) {
-    if (!t || c->tape || c->status != RB_OK || !rb_is_contiguous(t))
-        return t;
-    char *base = c->arena->base;
-    if ((char *)t->data < base + mark || (char *)t->data >= base + c->arena->used)
-        return t; /* not ours (a weight or a tensor from before the mark) */
-    rb_tensor h = *t;
-    void *old = h.data;
-    rb_arena_reset(c->arena, mark);
-    rb_tensor *n = rb_ctx_tensor(c, RB_F32, h.ndim, h.shape);
-    if (!n)
-        return NULL;
-    /* the new header and data start at or below every allocation made after the mark, so the
-     * header write cannot clobber `old`, and memmove handles the overlap of the data */
-    memmove(n->data, old, rb_nbytes(&h));
-    n->name = h.name;
-    return n;
-}
-
 /* get_timestep_embedding in float32, operation for operation as torch does it:
  * freq_i = exp(-ln(10000) * i / (half - shift)), arg = t * freq_i, out = [cos | sin] (flip) or [sin | cos].
  * t: n values -> [n, dim]. */
@@ -155,7 +135,7 @@ static rb_tensor *transformer(rb_ctx *c, const rb_unet *m, const rb_unet_transfo
     for (int k = 0; k < t->depth; k++) {
         if (!(recompute && c->tape)) {
             size_t mk = rb_arena_mark(c->arena); /* inference: drop the block's scratch (keep is a no-op on a tape) */
-            h = keep(c, mk, tblock(c, &t->blocks[k], procs, h, ehs, H, W));
+            h = rb_ctx_keep(c, mk, tblock(c, &t->blocks[k], procs, h, ehs, H, W));
             continue;
         }
         /* the job must live until backward: it goes below the block's own allocations in the arena */
@@ -247,7 +227,7 @@ rb_status rb_unet_forward(rb_ctx *c, const rb_unet *m, const rb_unet_in *in, rb_
     rb_tensor *emb = embeddings(c, m, in, out);
     rb_tensor *temb_act = rb_silu(c, emb); /* every ResnetBlock2D applies silu to emb first */
     size_t mk = rb_arena_mark(c->arena);
-    rb_tensor *x = keep(c, mk, rb_conv2d(c, in->sample, m->conv_in_w, m->conv_in_b, 1, 1, 1, 1));
+    rb_tensor *x = rb_ctx_keep(c, mk, rb_conv2d(c, in->sample, m->conv_in_w, m->conv_in_b, 1, 1, 1, 1));
     if (in->collect)
         out->conv_in = x;
     skips[ns++] = x;
@@ -255,27 +235,27 @@ rb_status rb_unet_forward(rb_ctx *c, const rb_unet *m, const rb_unet_in *in, rb_
         const rb_unet_block *b = &m->down[i];
         for (int j = 0; j < b->n_layers; j++) {
             mk = rb_arena_mark(c->arena);
-            x = keep(c, mk, resnet(c, m, &b->resnets[j], x, temb_act));
+            x = rb_ctx_keep(c, mk, resnet(c, m, &b->resnets[j], x, temb_act));
             if (b->has_attn) {
                 mk = rb_arena_mark(c->arena);
-                x = keep(c, mk, transformer(c, m, &b->attns[j], in->procs, in->recompute, x, ehs));
+                x = rb_ctx_keep(c, mk, transformer(c, m, &b->attns[j], in->procs, in->recompute, x, ehs));
             }
             skips[ns++] = x;
         }
         if (b->sampler_w) { /* Downsample2D: 3x3 conv, stride 2, padding 1 */
             mk = rb_arena_mark(c->arena);
-            x = keep(c, mk, rb_conv2d(c, x, b->sampler_w, b->sampler_b, 2, 2, 1, 1));
+            x = rb_ctx_keep(c, mk, rb_conv2d(c, x, b->sampler_w, b->sampler_b, 2, 2, 1, 1));
             skips[ns++] = x;
         }
         if (in->collect)
             out->down[i] = x;
     }
     mk = rb_arena_mark(c->arena);
-    x = keep(c, mk, resnet(c, m, &m->mid.resnets[0], x, temb_act));
+    x = rb_ctx_keep(c, mk, resnet(c, m, &m->mid.resnets[0], x, temb_act));
     mk = rb_arena_mark(c->arena);
-    x = keep(c, mk, transformer(c, m, &m->mid.attns[0], in->procs, in->recompute, x, ehs));
+    x = rb_ctx_keep(c, mk, transformer(c, m, &m->mid.attns[0], in->procs, in->recompute, x, ehs));
     mk = rb_arena_mark(c->arena);
-    x = keep(c, mk, resnet(c, m, &m->mid.resnets[1], x, temb_act));
+    x = rb_ctx_keep(c, mk, resnet(c, m, &m->mid.resnets[1], x, temb_act));
     if (in->collect)
         out->mid = x;
     for (int i = 0; i < n; i++) {
@@ -285,15 +265,15 @@ rb_status rb_unet_forward(rb_ctx *c, const rb_unet *m, const rb_unet_in *in, rb_
                 return c->status = rb_error(RB_ERR_INTERNAL, "UNet: skip connections exhausted");
             mk = rb_arena_mark(c->arena);
             rb_tensor *cat = rb_concat(c, (rb_tensor *[]){x, skips[--ns]}, 2, 1); /* [B, Cx + Cskip, H, W] */
-            x = keep(c, mk, resnet(c, m, &b->resnets[j], cat, temb_act));
+            x = rb_ctx_keep(c, mk, resnet(c, m, &b->resnets[j], cat, temb_act));
             if (b->has_attn) {
                 mk = rb_arena_mark(c->arena);
-                x = keep(c, mk, transformer(c, m, &b->attns[j], in->procs, in->recompute, x, ehs));
+                x = rb_ctx_keep(c, mk, transformer(c, m, &b->attns[j], in->procs, in->recompute, x, ehs));
             }
         }
         if (b->sampler_w) { /* Upsample2D: nearest x2, then 3x3 conv */
             mk = rb_arena_mark(c->arena);
-            x = keep(c, mk, rb_conv2d(c, rb_upsample_nearest2x(c, x), b->sampler_w, b->sampler_b, 1, 1, 1, 1));
+            x = rb_ctx_keep(c, mk, rb_conv2d(c, rb_upsample_nearest2x(c, x), b->sampler_w, b->sampler_b, 1, 1, 1, 1));
         }
         if (in->collect)
             out->up[i] = x;

@@ -408,26 +408,8 @@ typedef struct run {
     const char *side;   /* "encoder" / "decoder" */
 } run;
 
-/* Frees everything allocated since `mark` except y, which moves down to start at the mark.
- * Safe because y was allocated after the mark (its new place is at or below its old one). */
-static rb_tensor *keep(const run *r, size_t mark, rb_tensor *y) {
-    if (!y || !r->reuse)
-        return y;
-    rb_arena *a = r->c->arena;
-    rb_tensor h = *y;
-    size_t bytes = rb_nbytes(&h);
-    if (!rb_is_contiguous(&h) || (char *)h.data < a->base + mark || (char *)h.data >= a->base + a->used)
-        return y; /* not something allocated since the mark: nothing to move */
-    rb_arena_reset(a, mark);
-    void *d = rb_arena_alloc(a, bytes);
-    if (d)
-        memmove(d, h.data, bytes);
-    rb_tensor *t = d ? rb_arena_alloc(a, sizeof *t) : NULL;
-    if (!t)
-        return rb_ctx_fail(r->c, RB_ERR_OOM);
-    *t = rb_tensor_wrap(d, h.dtype, h.ndim, h.shape);
-    return t;
-}
+/* rb_ctx_keep when temporaries may be released (no tape, no trace). */
+static rb_tensor *keep(const run *r, size_t mark, rb_tensor *y) { return r->reuse ? rb_ctx_keep(r->c, mark, y) : y; }
 
 static void trace(const run *r, const char *fmt, int i, rb_tensor *t) {
     rb_vae_trace *tr = r->trace;

@@ -36,5 +36,9 @@ static inline rb_tensor *rb_ctx_fail(rb_ctx *c, rb_status s) {
 rb_tensor *rb_ctx_error(rb_ctx *c, rb_status s, const char *fmt, ...) RB_PRINTF(3, 4);
 /* New contiguous output tensor in the context's arena (NULL and status set if full). */
 rb_tensor *rb_ctx_tensor(rb_ctx *c, rb_dtype dtype, int ndim, const int64_t *shape);
+/* Inference compaction: moves `t` (allocated after `mark`, contiguous) down to `mark` and frees everything
+ * else allocated since, so a layer's scratch does not pile up over a deep model. A no-op on a tape (the
+ * intermediates are saved for backward), after an error, or for a tensor not allocated since the mark. */
+rb_tensor *rb_ctx_keep(rb_ctx *c, size_t mark, rb_tensor *t);
 
 #endif

@@ -564,15 +564,6 @@ static rb_status oom_hint(rb_status s) {
 
 static rb_status generate(const rb_gen_params *p, rb_image *images);
 
-/* Pages of the work arena stay resident once touched, and the image stage touches far more of it than
- * denoising needs (the CLIP vision forward keeps every layer's scratch: ~3 GB for bigG on two
- * references), so denoising starts with a fresh arena: freed (unmapped) and allocated again, untouched. */
-static rb_status fresh_work_arena(run *r) {
-    size_t cap = r->work.cap;
-    rb_arena_free(&r->work);
-    return rb_arena_init(&r->work, cap, "generate: activations");
-}
-
 /* LoRAs and the adapter are loaded and checked against a UNet skeleton (names and shapes, no weights)
  * before anything heavy runs, so that a file for another architecture fails in a moment. Kept models
  * (the C API's keep_models) are loaded once. */
@@ -652,11 +643,11 @@ static rb_status generate(const rb_gen_params *p, rb_image *images) {
     rep->text_s = now_s() - t, t = now_s();
     if (s == RB_OK && p->n_subjects) {
         s = stage_image(&r, &M->ad);
-        if (s == RB_OK)
-            s = fresh_work_arena(&r);
         rep->image_s = now_s() - t;
     }
     t = now_s();
+    rb_arena_reset(&r.work, 0); /* the text and image stages' scratch pages are not carried into denoising */
+    rb_arena_trim(&r.work);
     if (s == RB_OK)
         s = load_unet(p, M);
     rep->unet_s = now_s() - t, t = now_s();
