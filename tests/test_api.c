@@ -2,7 +2,6 @@
  * gives exactly the images of separate rb_generate runs (with and without keep_models, with subjects
  * and a LoRA); docs/api-example.c, built against the public header and librelbooth.a only, writes the
  * images rb_generate gives; cancel callbacks, bad arguments and rb_write_png. */
-#include <libgen.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -214,9 +213,7 @@ static void t_write_png(void) {
 }
 
 int main(int argc, char **argv) {
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(example_bin, sizeof example_bin, "%s/api_example", dirname(self));
+    t_beside_self(argv[0], "api_example", example_bin, sizeof example_bin);
     (void)argc;
     RUN(t_write_png);
     RUN(t_bad_args);

@@ -5,7 +5,6 @@
  * removed; bad options are usage errors. */
 #include <dirent.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <math.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -136,9 +135,7 @@ static void t_usage(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(bin, sizeof bin, "%s/../relbooth", dirname(self));
+    t_beside_self(argv[0], "../relbooth", bin, sizeof bin);
     RUN(t_json);
     RUN(t_keep_and_plain);
     RUN(t_usage);

@@ -3,7 +3,6 @@
  * to this test's folder), checks exit codes, that --json prints one valid object with sane values,
  * and properties of the FLOP counts (linear in the batch, the text count against the formula). */
 #include <jansson.h>
-#include <libgen.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -147,9 +146,7 @@ static void t_usage(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(bin, sizeof bin, "%s/../relbooth", dirname(self));
+    t_beside_self(argv[0], "../relbooth", bin, sizeof bin);
     if (access(bin, X_OK) != 0) {
         printf("FAIL t_binary (%s not found)\n", bin);
         return 1;

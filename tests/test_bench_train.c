@@ -5,7 +5,6 @@
  * the same losses and LoRA gradient norm as the fully taped one (--no-recompute) in f32, gradients reach
  * the LoRA, and bad options are usage errors. */
 #include <jansson.h>
-#include <libgen.h>
 #include <math.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -97,9 +96,7 @@ static void t_text_and_usage(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(bin, sizeof bin, "%s/../relbooth", dirname(self));
+    t_beside_self(argv[0], "../relbooth", bin, sizeof bin);
     if (access(bin, X_OK) != 0) {
         printf("FAIL t_binary (%s not found)\n", bin);
         return 1;

@@ -1,7 +1,6 @@
 /* relbooth demo (tools/cmd_demo.c): the model set it writes loads with relbooth's own readers and the
  * generation gives an image; and the torch.save writer (src/io/torchfile_write.c) that writes its
  * ms_adapter.bin, read back bit-exactly by rb_torch_open. No golden files needed. */
-#include <libgen.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -179,9 +178,7 @@ static void t_torch_write(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[4096];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(relbooth_bin, sizeof relbooth_bin, "%s/../relbooth", dirname(self));
+    t_beside_self(argv[0], "../relbooth", relbooth_bin, sizeof relbooth_bin);
     RUN(t_torch_write);
     RUN(t_demo);
     return t_done();
